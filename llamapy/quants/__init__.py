@@ -1,0 +1,62 @@
+"""Quantized tensor kernels: GGUF block formats, dequantization, and the
+fused products llama.cpp's CPU backend runs (activations quantized first)."""
+
+from .activations import quantize_activations
+from .dequant import dequantize, dequantize_rows, get_rows
+from .products import linear, matmul, matvec
+from .types import (
+    ACTIVATION_TYPES,
+    BF16,
+    F16,
+    F32,
+    Q2_K,
+    Q3_K,
+    Q4_0,
+    Q4_1,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+    Q8_1,
+    Q8_K,
+    QUANT_TYPES,
+    QuantType,
+    UnsupportedQuantType,
+    quant_type,
+    row_bytes,
+    type_name,
+)
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "BF16",
+    "F16",
+    "F32",
+    "Q2_K",
+    "Q3_K",
+    "Q4_0",
+    "Q4_1",
+    "Q4_K",
+    "Q5_0",
+    "Q5_1",
+    "Q5_K",
+    "Q6_K",
+    "Q8_0",
+    "Q8_1",
+    "Q8_K",
+    "QUANT_TYPES",
+    "QuantType",
+    "UnsupportedQuantType",
+    "dequantize",
+    "dequantize_rows",
+    "get_rows",
+    "linear",
+    "matmul",
+    "matvec",
+    "quant_type",
+    "quantize_activations",
+    "row_bytes",
+    "type_name",
+]

@@ -1,0 +1,156 @@
+"""Products of packed weights W [rows, k] with activations: y = x @ W.T.
+
+Both run one numba kernel: each task decodes a few rows into an L1/L2
+scratch and dots them with every token, so the packed bytes are streamed once
+(`matvec`, one token, memory-bound) and each decoded row is reused across the
+batch (`matmul`, prompt tokens); no big matrix is ever materialised.  Both
+expect activations already fake-quantized (see activations.py); `linear`
+does that.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._exact import dot_q6_k, dot_q32, quantize_q8, quantize_q8_k
+from ._inputs import float_rows, packed_rows, read_only
+from ._kernels import block_mins, decode_rows, product_kernel
+from .activations import quantize_activations
+from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q6_K, Q8_0, quant_type
+
+# Tile of decoded rows for the BLAS variant: ~1 MiB of float32 stays in L2
+# while BLAS sweeps the batch over it (measured flat from 0.5 to 2 MiB).
+_TILE_BYTES = 1 << 20
+
+
+def _uses_correction(type_id: int) -> bool:
+    return int(type_id) in (Q4_1, Q5_1)
+
+
+def matvec(
+    w_raw: np.ndarray,
+    type_id: int,
+    x_fq: np.ndarray,
+    out: np.ndarray | None = None,
+    corr: np.ndarray | None = None,
+) -> np.ndarray:
+    """out[r] = sum_j W[r, j] * x_fq[j] for packed W; float32 [rows].
+
+    `corr` is the Q8_1 correction from quantize_activations (Q4_1/Q5_1 only).
+    """
+    x = float_rows(x_fq)
+    if x.shape[0] != 1:
+        raise ValueError("matvec takes one activation vector; use matmul for a batch")
+    rows = packed_rows(w_raw, type_id, x.shape[1])
+    if out is None:
+        out = np.empty(rows.shape[0], np.float32)
+    elif out.shape != (rows.shape[0],) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be contiguous float32 of shape ({rows.shape[0]},)")
+    product_kernel(rows, int(type_id), x, _correction(corr, type_id, 1, x.shape[1]), out.reshape(1, -1))
+    return out
+
+
+def matmul(
+    w_raw: np.ndarray,
+    type_id: int,
+    x_fq: np.ndarray,
+    corr: np.ndarray | None = None,
+    *,
+    use_blas: bool = False,
+    tile_rows: int | None = None,
+) -> np.ndarray:
+    """x_fq [n, k] @ W.T -> float32 [n, rows]; W is never materialised.
+
+    Default: the numba kernel decodes 16 rows at a time and sweeps the batch
+    over them.  `use_blas=True` decodes tiles of `tile_rows` rows and hands
+    them to numpy's BLAS: more GFLOP/s on its own where OpenBLAS has AVX-512
+    kernels, but see _blas_product for what it costs the kernels that run
+    after it.  `corr` as in matvec, shape [n, k/32].
+    """
+    x = float_rows(x_fq)
+    n, k = x.shape
+    rows = packed_rows(w_raw, type_id, k)
+    c = _correction(corr, type_id, n, k)
+    out = np.empty((n, rows.shape[0]), np.float32)
+    if n == 0:
+        return out
+    if use_blas:
+        _blas_product(rows, int(type_id), x, c, out, tile_rows or max(16, _TILE_BYTES // (4 * k)))
+    else:
+        product_kernel(rows, int(type_id), x, c, out)
+    return out
+
+
+def _blas_product(rows, type_id, x, corr, out, tile_rows):
+    """Tiles decoded by numba, multiplied by BLAS.
+
+    The decode runs on one numba thread on purpose: numba's and OpenBLAS's
+    worker threads each spin-wait after their parallel regions, and taking
+    turns on 2 cores measured 5-100x slower than either alone.  BLAS then
+    owns the cores.  Its threads keep spinning after it returns, which made a
+    numba mat-vec issued right after 3-7x slower; OPENBLAS_NUM_THREADS=1
+    (set before numpy is imported) avoids that.
+    """
+    tile = np.empty((min(tile_rows, rows.shape[0]), x.shape[1]), np.float32)
+    threads = numba.get_num_threads()
+    for start in range(0, rows.shape[0], tile_rows):
+        ids = read_only(np.arange(start, min(start + tile_rows, rows.shape[0]), dtype=np.int64))
+        part = tile[: ids.shape[0]]
+        numba.set_num_threads(1)
+        try:
+            decode_rows(rows, type_id, ids, part)
+        finally:
+            numba.set_num_threads(threads)
+        block = out[:, start : start + ids.shape[0]]
+        np.matmul(x, part.T, out=block)
+        if corr.shape[1]:
+            mins = np.empty((ids.shape[0], corr.shape[1]), np.float32)
+            block_mins(rows, type_id, ids, mins)
+            block += corr @ mins.T
+
+
+def _correction(corr, type_id, n, k) -> np.ndarray:
+    if corr is None or not _uses_correction(type_id):
+        return float_rows(np.zeros((n, 0), np.float32))
+    c = float_rows(corr)
+    if c.shape != (n, k // 32):
+        raise ValueError(f"corr must have shape {(n, k // 32)}, got {np.shape(corr)}")
+    return c
+
+
+def linear(w_raw: np.ndarray, type_id: int, x: np.ndarray, *, impl: str = "avx2") -> np.ndarray:
+    """x @ W.T the way llama.cpp computes it: activations quantized to the
+    weight type's vec_dot_type first.  x is [k] or [n, k]; the result is
+    float32 [rows] or [n, rows].
+
+    The formats of the shipped models take the bit-exact path of _exact.py;
+    the others the fake-quantized product above, equal to float rounding.
+    """
+    qt = quant_type(type_id)
+    x2 = float_rows(x)
+    if impl == "avx2" and int(type_id) in _EXACT_TYPES:
+        y = _exact_product(w_raw, int(type_id), x2)
+    else:
+        xq, corr = quantize_activations(x2, qt.vec_dot_type, impl=impl, return_correction=True)
+        y = matvec(w_raw, type_id, xq[0], corr=corr) if x2.shape[0] == 1 else matmul(w_raw, type_id, xq, corr)
+    return y.reshape(*np.shape(x)[:-1], -1)
+
+
+_EXACT_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q6_K)
+
+
+def _exact_product(w_raw: np.ndarray, type_id: int, x: np.ndarray) -> np.ndarray:
+    n, k = x.shape
+    rows = packed_rows(w_raw, type_id, k)
+    out = np.empty((n, rows.shape[0]), np.float32)
+    q = np.empty((n, k), np.float32)
+    if type_id == Q6_K:
+        d, sums = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
+        quantize_q8_k(x, q, d, sums)
+        dot_q6_k(rows, read_only(q), read_only(d), read_only(sums), out)
+    else:
+        d, sums = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
+        quantize_q8(x, q, d, sums)
+        dot_q32(rows, type_id, read_only(q), read_only(d), read_only(sums), out)
+    return out
