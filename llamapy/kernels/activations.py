@@ -1,0 +1,68 @@
+"""Gated activations of the feed-forward block, computed as ggml computes them on x86."""
+
+import numpy as np
+from numba import njit, prange
+
+from ..quants._bits import f32_as_u32, fma32, u32_as_f32
+
+SQRT_2_OVER_PI = np.float32(0.7978845608028654)
+GELU_COEF_A = np.float32(0.044715)
+
+# ggml's vectorised expf (from Arm's optimized routines): 2^n · p(b) with a degree-5 polynomial.
+_SHIFT = np.float32(float.fromhex("0x1.8p23"))
+_LOG2E = np.float32(float.fromhex("0x1.715476p+0"))
+_LN2_HI = np.float32(float.fromhex("0x1.62e4p-1"))
+_LN2_LO = np.float32(float.fromhex("0x1.7f7d1cp-20"))
+_P0 = np.float32(float.fromhex("0x1.0e4020p-7"))
+_P1 = np.float32(float.fromhex("0x1.573e2ep-5"))
+_P2 = np.float32(float.fromhex("0x1.555e66p-3"))
+_P3 = np.float32(float.fromhex("0x1.fffdb6p-2"))
+_P4 = np.float32(float.fromhex("0x1.ffffecp-1"))
+_ONE_BITS = np.uint32(0x3F800000)
+
+
+@njit(cache=True, inline="always")
+def ggml_expf(x):
+    """exp(x) to within 1.5 ulp, bit for bit as ggml_v_expf (AVX2 + FMA) computes it."""
+    z = fma32(x, _LOG2E, _SHIFT)
+    n = z - _SHIFT
+    b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))
+    e = np.uint32(f32_as_u32(z) << np.uint32(23))
+    k = u32_as_f32(np.uint32(e + _ONE_BITS))
+    u = b * b
+    j = fma32(fma32(fma32(_P0, b, _P1), u, fma32(_P2, b, _P3)), u, _P4 * b)
+    if abs(n) <= np.float32(126.0):
+        return fma32(k, j, k)
+    g = np.uint32(0x82000000) if n <= 0 else np.uint32(0)
+    s1 = u32_as_f32(np.uint32(g + np.uint32(0x7F000000)))
+    if abs(n) > np.float32(192.0):
+        return s1 * s1
+    s2 = u32_as_f32(np.uint32(e - g))
+    return fma32(s2, j, s2) * s1
+
+
+@njit(cache=True, parallel=True)
+def swiglu(gate, up):
+    """silu(gate) * up over [n, d]; ggml's vector path (groups of 8) with its own expf."""
+    n, d = gate.shape
+    out = np.empty_like(gate)
+    vector_end = d - d % 8
+    for t in prange(n):
+        for i in range(d):
+            x = gate[t, i]
+            e = ggml_expf(-x) if i < vector_end else np.float32(np.exp(-x))
+            out[t, i] = x / (np.float32(1.0) + e) * up[t, i]
+    return out
+
+
+def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """tanh-approximated GELU of gate, times up.
+
+    ggml looks GELU up in a table indexed by the float16 input and stores float16 results, so
+    we round in and out through float16 the same way; it saturates to 0 / x beyond |x| >= 10.
+    """
+    g = gate.astype(np.float16).astype(np.float32)
+    inner = SQRT_2_OVER_PI * g * (np.float32(1.0) + GELU_COEF_A * g * g)
+    gelu = (np.float32(0.5) * g * (np.float32(1.0) + np.tanh(inner))).astype(np.float16).astype(np.float32)
+    gelu = np.where(gate <= -10.0, np.float32(0.0), np.where(gate >= 10.0, gate, gelu))
+    return gelu * up

@@ -1,0 +1,38 @@
+"""The key/value cache: preallocated per layer, filled position by position."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ContextFull(ValueError):
+    """More tokens than the context (-c) holds."""
+
+
+class KVCache:
+    """Keys and values of every layer for positions 0..n_ctx-1.
+
+    Values are float16-rounded (as llama.cpp's f16 cache) but stored as float32, since numba has no
+    float16 on the CPU. np.zeros maps untouched pages lazily, so memory grows with use, not n_ctx.
+    """
+
+    def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int):
+        self.n_ctx = n_ctx
+        self.k = [np.zeros((n_ctx, n_head_kv, head_dim), dtype=np.float32) for _ in range(n_layer)]
+        self.v = [np.zeros((n_ctx, n_head_kv, head_dim_v), dtype=np.float32) for _ in range(n_layer)]
+        self.n_past = 0
+
+    def check_room(self, pos0: int, n: int) -> None:
+        if pos0 + n > self.n_ctx:
+            raise ContextFull(f"context is full: {pos0 + n} tokens do not fit in a context of {self.n_ctx} (-c)")
+
+    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        n = k.shape[0]
+        self.k[layer][pos0:pos0 + n] = k
+        self.v[layer][pos0:pos0 + n] = v
+
+    def view(self, layer: int, n_filled: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.k[layer][:n_filled], self.v[layer][:n_filled]
+
+    def clear(self) -> None:
+        self.n_past = 0

@@ -1,0 +1,31 @@
+"""Architectures by `general.architecture`."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .base import DecoderModel
+from .blocks import Weights
+from .gemma3 import Gemma3
+from .llama import Llama
+
+ARCHITECTURES: dict[str, type[DecoderModel]] = {
+    "llama": Llama,
+    "gemma3": Gemma3,
+}
+
+
+class UnknownArchitecture(ValueError):
+    pass
+
+
+def check_architecture(arch: object) -> type[DecoderModel]:
+    cls = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
+    if cls is None:
+        raise UnknownArchitecture(
+            f"unknown model architecture '{arch}' (supported: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    return cls
+
+
+def build_model(weights: Weights, config: ModelConfig) -> DecoderModel:
+    return check_architecture(config.arch)(weights, config)

@@ -1,0 +1,67 @@
+"""What every architecture shares: embedding, a stack of layers, final norm and output head."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..kv_cache import KVCache
+from .blocks import Linear, RopeCache, Weights, norm
+
+
+class DecoderModel:
+    """A decoder-only transformer; an architecture fills in `layer_forward` and its tensors."""
+
+    def __init__(self, weights: Weights, config: ModelConfig):
+        self.config = config
+        self.weights = weights
+        self.tok_embd = weights.linear("token_embd.weight")
+        self.output_norm = weights.vector("output_norm.weight")
+        # Tied embeddings: most small models reuse token_embd as the output head.
+        self.output = weights.linear("output.weight") if weights.has("output.weight") else self.tok_embd
+        self._rope: RopeCache | None = None
+
+    def new_cache(self, n_ctx: int) -> KVCache:
+        c = self.config
+        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v)
+
+    def rope(self, n_ctx: int) -> RopeCache:
+        if self._rope is None or self._rope.n_ctx < n_ctx:
+            self._rope = RopeCache(max(n_ctx, 512), self.config.rope_dim)
+        return self._rope
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        return self.tok_embd.rows(tokens)
+
+    def forward(self, tokens: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Run tokens at positions cache.n_past.., extend the cache; logits of the last (or every) token."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n = len(tokens)
+        pos0 = cache.n_past
+        cache.check_room(pos0, n)
+        x = self.embed(tokens)
+        rope = self.rope(cache.n_ctx)
+        for layer in range(self.config.n_layer):
+            x = self.layer_forward(x, layer, cache, pos0, rope)
+        cache.n_past = pos0 + n
+        if not all_logits:
+            x = x[-1:]
+        return self.head(x)
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        logits = self.output(norm(x, self.output_norm, self.config.rms_eps))
+        cap = self.config.final_logit_softcap
+        if cap:
+            logits = np.tanh(logits / cap) * cap
+        return logits
+
+    def layer_forward(self, x, layer, cache, pos0, rope: RopeCache) -> np.ndarray:
+        raise NotImplementedError
+
+
+def layer_linear(weights: Weights, layer: int, name: str) -> Linear:
+    return weights.linear(f"blk.{layer}.{name}.weight")
+
+
+def layer_vector(weights: Weights, layer: int, name: str) -> np.ndarray:
+    return weights.vector(f"blk.{layer}.{name}.weight")

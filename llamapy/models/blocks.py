@@ -1,0 +1,138 @@
+"""Building blocks shared by the architectures: quantized linear layers, norms, attention, feed-forward.
+
+Every block works on float32 activations [n_tokens, width]; weights stay in their GGUF blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..gguf.reader import GGUFFile
+from ..kernels.activations import geglu, swiglu
+from ..kernels.attention import attention
+from ..kernels.norm import rms_norm
+from ..kernels.rope import apply_rope, rope_tables
+from ..kv_cache import KVCache
+from ..quants import get_rows, linear
+
+
+class MissingTensor(ValueError):
+    """The GGUF lacks a tensor the architecture needs."""
+
+
+@dataclass
+class Linear:
+    """y = x @ W.T with W [n_out, n_in] kept as raw GGUF blocks."""
+
+    raw: np.ndarray
+    type_id: int
+    n_in: int
+    n_out: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return linear(self.raw, self.type_id, x)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of W as float32: the embedding lookup."""
+        return get_rows(self.raw, self.type_id, self.n_in, ids)
+
+
+class Weights:
+    """Named access to a GGUF's tensors, with one clear error for a missing one."""
+
+    def __init__(self, gguf: GGUFFile):
+        self.gguf = gguf
+
+    def has(self, name: str) -> bool:
+        return name in self.gguf.tensors
+
+    def linear(self, name: str) -> Linear:
+        info = self._info(name)
+        n_in = info.shape[0]
+        n_out = info.n_elements // n_in
+        return Linear(self.gguf.raw(name), info.type_id, n_in, n_out)
+
+    def vector(self, name: str) -> np.ndarray:
+        self._info(name)
+        return np.ascontiguousarray(self.gguf.array(name), dtype=np.float32)
+
+    def _info(self, name: str):
+        info = self.gguf.tensors.get(name)
+        if info is None:
+            raise MissingTensor(f"{self.gguf.path}: tensor {name} is missing")
+        return info
+
+
+def norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    return rms_norm(x, weight, eps, np.empty_like(x))
+
+
+def round_f16(x: np.ndarray) -> np.ndarray:
+    """llama.cpp keeps the KV cache in float16."""
+    return x.astype(np.float16).astype(np.float32)
+
+
+@dataclass
+class AttentionLayer:
+    wq: Linear
+    wk: Linear
+    wv: Linear
+    wo: Linear
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    head_dim_v: int
+    rope_mode: int
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    norm_eps: float = 1e-6
+    window: int = 0  # sliding window in tokens; 0 = full causal attention
+
+    def __call__(self, x: np.ndarray, cache: KVCache, layer: int, pos0: int, rope: tuple, scale: float,
+                 q_prescale: float = 1.0) -> np.ndarray:
+        n = x.shape[0]
+        q = self.wq(x).reshape(n, self.n_head, self.head_dim)
+        k = self.wk(x).reshape(n, self.n_head_kv, self.head_dim)
+        v = self.wv(x).reshape(n, self.n_head_kv, self.head_dim_v)
+        if self.q_norm is not None:
+            q = norm(q.reshape(-1, self.head_dim), self.q_norm, self.norm_eps).reshape(q.shape)
+            k = norm(k.reshape(-1, self.head_dim), self.k_norm, self.norm_eps).reshape(k.shape)
+        cos, sin = rope
+        apply_rope(q, cos, sin, self.rope_mode)
+        apply_rope(k, cos, sin, self.rope_mode)
+        if q_prescale != 1.0:
+            q *= np.float32(q_prescale)
+        cache.store(layer, pos0, round_f16(k), round_f16(v))
+        out = np.empty((n, self.n_head, self.head_dim_v), dtype=np.float32)
+        k_all, v_all = cache.view(layer, pos0 + n)
+        attention(q, k_all, v_all, pos0, self.window, np.float32(scale), out)
+        return self.wo(out.reshape(n, -1))
+
+
+@dataclass
+class FeedForward:
+    gate: Linear
+    up: Linear
+    down: Linear
+    activation: str = "silu"  # "silu" → SwiGLU, "gelu" → GeGLU
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        act = swiglu if self.activation == "silu" else geglu
+        return self.down(act(self.gate(x), self.up(x)))
+
+
+class RopeCache:
+    """cos/sin tables for positions 0..n_ctx-1, one pair per distinct base."""
+
+    def __init__(self, n_ctx: int, rope_dim: int):
+        self.n_ctx = n_ctx
+        self.rope_dim = rope_dim
+        self._tables: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def slice(self, base: float, pos0: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if base not in self._tables:
+            self._tables[base] = rope_tables(np.arange(self.n_ctx), self.rope_dim, base)
+        cos, sin = self._tables[base]
+        return cos[pos0:pos0 + n], sin[pos0:pos0 + n]

@@ -1,0 +1,52 @@
+"""Gemma 3: scaled embeddings, q/k norms, post-norms, GeGLU, and 5 sliding-window layers per global one."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..kernels.rope import ROPE_NEOX
+from .base import DecoderModel, layer_linear, layer_vector
+from .blocks import AttentionLayer, FeedForward, Weights, norm
+
+SWA_PATTERN = 6  # every 6th layer attends globally, the others through the sliding window
+
+
+class Gemma3(DecoderModel):
+    def __init__(self, weights: Weights, config: ModelConfig):
+        super().__init__(weights, config)
+        self.is_swa = [config.sliding_window > 0 and i % SWA_PATTERN < SWA_PATTERN - 1
+                       for i in range(config.n_layer)]
+        self.layers = [self._load_layer(i) for i in range(config.n_layer)]
+        self.embd_scale = np.float32(np.sqrt(config.n_embd))
+        # Gemma scales the queries before attention rather than the scores inside it.
+        self.q_scale = 1.0 / np.sqrt(config.head_dim)
+
+    def _load_layer(self, i: int) -> dict:
+        w, c = self.weights, self.config
+        return {
+            "attn_norm": layer_vector(w, i, "attn_norm"),
+            "attn": AttentionLayer(
+                layer_linear(w, i, "attn_q"), layer_linear(w, i, "attn_k"), layer_linear(w, i, "attn_v"),
+                layer_linear(w, i, "attn_output"), c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, ROPE_NEOX,
+                q_norm=layer_vector(w, i, "attn_q_norm"), k_norm=layer_vector(w, i, "attn_k_norm"),
+                norm_eps=c.rms_eps, window=c.sliding_window if self.is_swa[i] else 0,
+            ),
+            "attn_post_norm": layer_vector(w, i, "post_attention_norm"),
+            "ffn_norm": layer_vector(w, i, "ffn_norm"),
+            "ffn": FeedForward(layer_linear(w, i, "ffn_gate"), layer_linear(w, i, "ffn_up"),
+                               layer_linear(w, i, "ffn_down"), "gelu"),
+            "ffn_post_norm": layer_vector(w, i, "post_ffw_norm"),
+        }
+
+    def embed(self, tokens):
+        return super().embed(tokens) * self.embd_scale
+
+    def layer_forward(self, x, layer, cache, pos0, rope):
+        p, eps, c = self.layers[layer], self.config.rms_eps, self.config
+        base = c.rope_base_swa if self.is_swa[layer] else c.rope_base
+        tables = rope.slice(base, pos0, x.shape[0])
+        h = p["attn"](norm(x, p["attn_norm"], eps), cache, layer, pos0, tables, 1.0, q_prescale=self.q_scale)
+        x = x + norm(h, p["attn_post_norm"], eps)
+        h = p["ffn"](norm(x, p["ffn_norm"], eps))
+        return x + norm(h, p["ffn_post_norm"], eps)
