@@ -1,0 +1,68 @@
+"""What the subcommands share: turning library errors into one line on stderr, threads, model loading."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+
+from llamapy.config import ConfigError
+from llamapy.gguf.reader import GGUFError
+from llamapy.hub import ModelNotFound
+from llamapy.kv_cache import ContextFull
+from llamapy.models import UnknownArchitecture
+from llamapy.models.blocks import MissingTensor
+from llamapy.quants.types import UnsupportedQuantType
+
+# Errors a user can cause with bad input: reported as one line, never as a traceback.
+USER_ERRORS = (
+    FileNotFoundError, IsADirectoryError, PermissionError, GGUFError, ModelNotFound, ContextFull,
+    UnknownArchitecture, UnsupportedQuantType, MissingTensor, ConfigError, ValueError, UnicodeDecodeError,
+)
+
+
+def fail(message: str, code: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def user_errors(func):
+    """Report bad input as `error: ...` on stderr with exit 1; Ctrl-C exits 130 quietly."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise typer.Exit(0) from None
+        except USER_ERRORS as e:
+            fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+    return wrapper
+
+
+def set_threads(n: int | None) -> None:
+    """-t: numba's thread count (default: all cores)."""
+    if n is None or n <= 0:
+        return
+    import numba
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def open_model(spec: str | None):
+    from llamapy.hub import resolve_model
+    from llamapy.model import Model
+
+    return Model(resolve_model(spec))
+
+
+def sampling_options(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed) -> dict:
+    return dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                repeat_last_n=repeat_last_n, seed=None if seed is None or seed < 0 else seed)

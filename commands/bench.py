@@ -1,0 +1,149 @@
+"""`llamapy bench`: llama-bench. Prompt and generation speed over the product of the parameter lists.
+
+stdout carries only the table (or csv/json/jsonl), row by row as tests finish; --progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ._common import fail, open_model, user_errors
+
+LIST_HELP = "List: 128,512 or a range such as 64-512*2; the flag may repeat."
+
+
+def _list_option(*names: str, help: str):
+    # Values stay strings and are parsed here, so a bad one gets the house one-line error, not click's.
+    return Annotated[list[str] | None, typer.Option(*names, help=help)]
+
+
+Models = _list_option("-m", "--model", help="GGUF model path(s), comma list or repeated (default: SmolLM2).")
+Prompts = _list_option("-p", "--n-prompt", help=f"Prompt lengths (default: 512). {LIST_HELP}")
+Gens = _list_option("-n", "--n-gen", help=f"Generation lengths (default: 128). {LIST_HELP}")
+Pairs = _list_option("-pg", help="pp,tg: a prompt then a generation, timed together (repeatable).")
+Batches = _list_option("-b", "--batch-size", help=f"Prompt tokens per pass (default: 2048). {LIST_HELP}")
+Threads = _list_option("-t", "--threads", help=f"Threads (default: all cores). {LIST_HELP}")
+
+
+@user_errors
+def bench(
+    model: Models = None,
+    n_prompt: Prompts = None,
+    n_gen: Gens = None,
+    pg: Pairs = None,
+    n_batch: Batches = None,
+    threads: Threads = None,
+    reps: int = typer.Option(5, "-r", "--repetitions", help="Timed runs of each test."),
+    output: str = typer.Option("md", "-o", "--output", help="Output format: md, csv, json or jsonl."),
+    progress: bool = typer.Option(False, "--progress", help="Progress lines on stderr."),
+    no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run of each test."),
+    roofline: bool = typer.Option(False, "--roofline", help="Measure memory read bandwidth; show tg as a share of it."),
+) -> None:
+    import numba
+
+    from llamapy import bench as lb
+    from llamapy.hub import resolve_model
+
+    if output not in lb.FORMATS:
+        fail(f"unknown output format {output!r} for -o (one of: {', '.join(lb.FORMATS)})")
+    if reps < 1:
+        fail(f"-r must be at least 1, got {reps}")
+    batches = _ints("-b", n_batch, [lb.DEFAULT_N_BATCH])
+    thread_counts = _ints("-t", threads, [numba.config.NUMBA_NUM_THREADS])
+    _check_threads(thread_counts, numba.config.NUMBA_NUM_THREADS)
+    if min(batches) < 1:
+        fail("-b must be at least 1")
+    paths = [str(resolve_model(m)) for m in _models(model)]
+    _check_models(paths)
+    tests = lb.plan(paths, _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]), _ints("-n", n_gen, [lb.DEFAULT_N_GEN]),
+                    _pairs(pg), batches, thread_counts)
+    if not tests:
+        fail("nothing to measure: every -p, -n and -pg is 0")
+
+    say = _progress if progress else (lambda _: None)
+    bandwidth = _bandwidth(thread_counts, say) if roofline else None
+    printer = lb.make_printer(output, show_batch=batches != [lb.DEFAULT_N_BATCH], roofline=bandwidth)
+    _emit(printer.header())
+    _run_all(lb, tests, reps, not no_warmup, bandwidth, printer, say)
+    _emit(printer.footer())
+
+
+def _run_all(lb, tests, reps, warmup, bandwidth, printer, say) -> None:
+    loaded, info = None, None
+    for i, test in enumerate(tests, 1):
+        def step(message, i=i):
+            say(f"benchmark {i}/{len(tests)}: {message}")
+
+        step("starting")
+        # Tests come model by model, so each model is opened once.
+        if loaded is None or loaded.path != test.model:
+            loaded = None  # drop the previous model's mapping before opening the next
+            loaded = open_model(test.model)
+            info = lb.describe(loaded)
+        started = lb.now_rfc3339()
+        samples = lb.measure(loaded, info, test, reps, warmup=warmup, step=step)
+        roof = bandwidth.get(test.n_threads) if bandwidth else None
+        _emit(printer.row(lb.Result(test, info, samples, started, roof)))
+
+
+def _bandwidth(thread_counts, say) -> dict[int, float]:
+    from llamapy.bench import memory_bandwidth
+
+    say(f"measuring memory read bandwidth at {', '.join(map(str, sorted(set(thread_counts))))} thread(s)")
+    return memory_bandwidth(thread_counts)
+
+
+def _ints(flag: str, values: list[str] | None, default: list[int]) -> list[int]:
+    from llamapy.bench import parse_ints
+
+    if not values:
+        return default
+    try:
+        return [n for v in values for n in parse_ints(v)]
+    except ValueError as e:
+        fail(f"{flag}: {e}")
+
+
+def _pairs(values: list[str] | None) -> list[tuple[int, int]]:
+    from llamapy.bench import parse_pair
+
+    try:
+        return [parse_pair(v) for v in values or []]
+    except ValueError as e:
+        fail(f"-pg: {e}")
+
+
+def _models(values: list[str] | None) -> list[str | None]:
+    """-m may repeat and each may be a comma list, as in llama-bench; none means the default model."""
+    names = [name for v in values or [] for name in v.split(",") if name]
+    return names or [None]
+
+
+def _check_models(paths: list[str]) -> None:
+    """Read every model's header first, so a bad later file fails before minutes of measuring."""
+    from llamapy.gguf.reader import GGUFFile
+    from llamapy.models import check_architecture
+
+    for path in dict.fromkeys(paths):
+        with GGUFFile(path) as gguf:
+            check_architecture(gguf.kv.get("general.architecture"))
+
+
+def _check_threads(counts: list[int], most: int) -> None:
+    # numba cannot start more threads than it was configured with, and a row must not claim more.
+    bad = [n for n in counts if not 1 <= n <= most]
+    if bad:
+        fail(f"-t {bad[0]}: threads must be 1 to {most} (numba's NUMBA_NUM_THREADS on this machine)")
+
+
+def _progress(message: str) -> None:
+    print(f"llamapy bench: {message}", file=sys.stderr, flush=True)
+
+
+def _emit(text: str) -> None:
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()

@@ -1,0 +1,53 @@
+"""`llamapy run`: llama-run. A model (default if none) and a prompt (argument or stdin), streamed."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+
+from ._common import fail, open_model, sampling_options, set_threads, user_errors
+
+DEFAULT_CTX = 2048
+
+
+@user_errors
+def run(
+    model: str = typer.Argument(None, help="GGUF model path; omitted: SmolLM2-135M-Instruct."),
+    prompt: str = typer.Argument(None, help="The prompt; omitted: read from stdin."),
+    n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens to generate (-1: until end or full context)."),
+    ctx_size: int = typer.Option(DEFAULT_CTX, "-c", "--ctx-size", help="Context size in tokens."),
+    threads: int = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens per forward pass."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 is greedy."),
+    top_k: int = typer.Option(40, "--top-k", help="Top-k sampling (0: off)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Top-p sampling (1.0: off)."),
+    min_p: float = typer.Option(0.05, "--min-p", help="Min-p sampling (0.0: off)."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Penalty for repeated tokens (1.0: off)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="How many recent tokens the penalty sees."),
+    seed: int = typer.Option(-1, "-s", "--seed", help="RNG seed (-1: random)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Timings on stderr."),
+) -> None:
+    launched = time.perf_counter()
+    set_threads(threads)
+    if prompt is None:
+        if sys.stdin.isatty():
+            fail("no prompt: give one after the model, or pipe it on stdin")
+        prompt = sys.stdin.read()
+    if ctx_size <= 0:
+        fail(f"context size must be positive, got {ctx_size}")
+    m = open_model(model)
+    options = sampling_options(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+    timings = None
+    for step in m.generate(prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size, **options):
+        timings = step.timings
+        if step.text:
+            sys.stdout.write(step.text)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    if verbose and timings:
+        first = (timings.first_token_at or time.perf_counter()) - launched
+        print(f"run: first token after {first:.2f} s; prompt {timings.n_prompt} tokens at "
+              f"{timings.prompt_tps:.1f} t/s; generated {timings.n_generated} tokens at "
+              f"{timings.generate_tps:.1f} t/s", file=sys.stderr)
