@@ -1,9 +1,9 @@
 """Gated activations of the feed-forward block, computed as ggml computes them on x86."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ..quants._bits import f32_as_u32, fma32, u32_as_f32
+from ..quants._bits import f32_as_u32, fma32, round_f16, u32_as_f32
 
 SQRT_2_OVER_PI = np.float32(0.7978845608028654)
 GELU_COEF_A = np.float32(0.044715)
@@ -41,13 +41,13 @@ def ggml_expf(x):
     return fma32(s2, j, s2) * s1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def swiglu(gate, up):
     """silu(gate) * up over [n, d]; ggml's vector path (groups of 8) with its own expf."""
     n, d = gate.shape
     out = np.empty_like(gate)
     vector_end = d - d % 8
-    for t in prange(n):
+    for t in range(n):
         for i in range(d):
             x = gate[t, i]
             e = ggml_expf(-x) if i < vector_end else np.float32(np.exp(-x))
@@ -55,14 +55,26 @@ def swiglu(gate, up):
     return out
 
 
-def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """tanh-approximated GELU of gate, times up.
+@njit(cache=True)
+def geglu(gate, up):
+    """tanh-approximated GELU of gate, times up, over [n, d].
 
-    ggml looks GELU up in a table indexed by the float16 input and stores float16 results, so
-    we round in and out through float16 the same way; it saturates to 0 / x beyond |x| >= 10.
+    ggml reads GELU from a table indexed by the float16 input and holding float16 results (built
+    with libm's tanhf and GCC's fused multiply-add), so we round in and out through float16 the
+    same way; beyond |x| >= 10 it saturates to 0 / x.
     """
-    g = gate.astype(np.float16).astype(np.float32)
-    inner = SQRT_2_OVER_PI * g * (np.float32(1.0) + GELU_COEF_A * g * g)
-    gelu = (np.float32(0.5) * g * (np.float32(1.0) + np.tanh(inner))).astype(np.float16).astype(np.float32)
-    gelu = np.where(gate <= -10.0, np.float32(0.0), np.where(gate >= 10.0, gate, gelu))
-    return gelu * up
+    n, d = gate.shape
+    out = np.empty_like(gate)
+    for t in range(n):
+        for i in range(d):
+            x = gate[t, i]
+            if x <= np.float32(-10.0):
+                out[t, i] = 0.0
+            elif x >= np.float32(10.0):
+                out[t, i] = x * up[t, i]
+            else:
+                h = round_f16(x)
+                inner = SQRT_2_OVER_PI * h * fma32(GELU_COEF_A * h, h, np.float32(1.0))
+                gelu = np.float32(0.5) * h * (np.float32(1.0) + np.tanh(inner))
+                out[t, i] = round_f16(gelu) * up[t, i]
+    return out

@@ -28,28 +28,45 @@ def round_f16(x):
     return c - (c - x)
 
 
-@njit(cache=True, parallel=True)
 def attention(q, k_cache, v_cache, pos0, window, scale, out):
     """Softmax attention for queries q [n, n_head, d] at positions pos0 .. pos0+n-1.
 
     k_cache/v_cache are [n_ctx, n_head_kv, d] and hold every position up to pos0+n-1. Query t sees
     keys p with p <= pos0+t and, when window > 0, pos0+t - p < window (llama.cpp's standard SWA).
+    One token runs serially: a parallel region costs more to start than nine heads take.
     """
+    kernel = _attention_parallel if q.shape[0] > 1 else _attention_serial
+    return kernel(q, k_cache, v_cache, pos0, window, scale, out)
+
+
+@njit(cache=True, inline="always")
+def _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out):
     n, n_head, d = q.shape
     group = n_head // k_cache.shape[1]
-    half_precision = n < FA_TILE_Q
-    for task in prange(n * n_head):
-        t = task // n_head
-        h = task % n_head
-        pos = pos0 + t
-        first = max(0, pos - window + 1) if window > 0 else 0
-        qv = q[t, h].copy()
-        if half_precision:
-            for c in range(d):
-                qv[c] = round_f16(qv[c])
-            _attend_one(qv, k_cache, v_cache, h // group, first, pos + 1, scale, half_precision, out[t, h])
-        else:
-            _attend_tiled(qv, k_cache, v_cache, h // group, first, pos + 1, scale, out[t, h])
+    t = task // n_head
+    h = task % n_head
+    pos = pos0 + t
+    first = max(0, pos - window + 1) if window > 0 else 0
+    qv = q[t, h].copy()
+    if n < FA_TILE_Q:
+        for c in range(d):
+            qv[c] = round_f16(qv[c])
+        _attend_one(qv, k_cache, v_cache, h // group, first, pos + 1, scale, True, out[t, h])
+    else:
+        _attend_tiled(qv, k_cache, v_cache, h // group, first, pos + 1, scale, out[t, h])
+
+
+@njit(cache=True, parallel=True)
+def _attention_parallel(q, k_cache, v_cache, pos0, window, scale, out):
+    for task in prange(q.shape[0] * q.shape[1]):
+        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out)
+    return out
+
+
+@njit(cache=True)
+def _attention_serial(q, k_cache, v_cache, pos0, window, scale, out):
+    for task in range(q.shape[0] * q.shape[1]):
+        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out)
     return out
 
 

@@ -1,7 +1,7 @@
 """Rotary position embeddings: cos/sin tables built as ggml builds them, applied in place."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..quants._bits import fma32
 
@@ -30,12 +30,12 @@ def _fill_tables(positions, theta_scale, cos, sin):
             theta = theta * theta_scale
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def apply_rope(x, cos, sin, mode):
     """Rotate x [n_tokens, n_heads, head_dim] in place; token t uses row t of the tables."""
     n, n_heads, _ = x.shape
     half = cos.shape[1]
-    for t in prange(n):
+    for t in range(n):
         for h in range(n_heads):
             for i in range(half):
                 if mode == ROPE_NEOX:

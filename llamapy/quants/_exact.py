@@ -20,9 +20,10 @@ from ._bits import f16_to_f32, fma32, load_u16, round_f16
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 LANES = 8
+ROWS_PER_TASK = 16
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def quantize_q8(x, q, d, s):
     """x [n, k] → Q8_0/Q8_1 blocks of 32 as ggml's AVX2 quantize_row_q8_0/q8_1 make them.
 
@@ -30,7 +31,7 @@ def quantize_q8(x, q, d, s):
     with the unrounded d and then stored as float16 (Q4_1/Q5_1 use it for their min term).
     """
     n, k = x.shape
-    for t in prange(n):
+    for t in range(n):
         for b in range(k // 32):
             amax = np.float32(0.0)
             for j in range(32):
@@ -46,7 +47,7 @@ def quantize_q8(x, q, d, s):
             s[t, b] = round_f16(scale * np.float32(total))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def quantize_q8_k(x, q, d, bsums):
     """x [n, k] → Q8_K blocks of 256 as ggml's reference quantizer (used on x86) makes them.
 
@@ -54,7 +55,7 @@ def quantize_q8_k(x, q, d, bsums):
     and bsums holds the sum of each run of 16 quants.
     """
     n, k = x.shape
-    for t in prange(n):
+    for t in range(n):
         for b in range(k // 256):
             base = b * 256
             amax = np.float32(0.0)
@@ -95,15 +96,20 @@ def hsum8(acc):
 
 @njit(cache=True, inline="always")
 def _decode32(row, type_id, wq, wd, wm):
-    """Integer quants of one row into wq (float32), scales into wd, mins (Q4_1/Q5_1) into wm."""
+    """Integer quants of one row into wq (float32), scales into wd, mins (Q4_1/Q5_1) into wm.
+
+    Inner loops run to a run-time 16·one: a literal trip count gets fully unrolled by LLVM
+    before its vectoriser sees it, and the unrolled code stays scalar.
+    """
     nb = wd.shape[0]
+    one = 1 if nb > 0 else 0
     for b in range(nb):
         if type_id == Q8_0:
             o = b * 34
             wd[b] = f16_to_f32(load_u16(row, o))
-            for j in range(32):
+            for j in range(32 * one):
                 v = np.int32(row[o + 2 + j])
-                wq[b * 32 + j] = np.float32(v - 256 if v > 127 else v)
+                wq[b * 32 + j] = np.float32(v - ((v >> 7) << 8))
             continue
         size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
         o = b * size
@@ -118,15 +124,18 @@ def _decode32(row, type_id, wq, wd, wm):
                     | (np.uint32(row[quants + 2]) << 16) | (np.uint32(row[quants + 3]) << 24))
             quants += 4
         offset = np.float32(8.0) if type_id == Q4_0 else np.float32(16.0) if type_id == Q5_0 else np.float32(0.0)
-        for j in range(16):
-            byte = row[quants + j]
-            lo = np.float32(byte & 15)
-            hi = np.float32(byte >> 4)
-            if type_id == Q5_0 or type_id == Q5_1:
-                lo += np.float32(16.0 * ((high >> j) & 1))
-                hi += np.float32(16.0 * ((high >> (j + 16)) & 1))
-            wq[b * 32 + j] = lo - offset
-            wq[b * 32 + 16 + j] = hi - offset
+        if type_id == Q5_0 or type_id == Q5_1:
+            for j in range(16 * one):
+                byte = np.uint32(row[quants + j])
+                lo = (byte & 15) | (((high >> j) & 1) << 4)
+                hi = (byte >> 4) | (((high >> (j + 16)) & 1) << 4)
+                wq[b * 32 + j] = np.float32(lo) - offset
+                wq[b * 32 + 16 + j] = np.float32(hi) - offset
+        else:
+            for j in range(16 * one):
+                byte = row[quants + j]
+                wq[b * 32 + j] = np.float32(byte & 15) - offset
+                wq[b * 32 + 16 + j] = np.float32(byte >> 4) - offset
 
 
 @njit(cache=True, parallel=True)
@@ -135,31 +144,35 @@ def dot_q32(raw, type_id, xq, xd, xs, out):
 
     Each block adds, per lane, the exact integer sum of four products scaled by d_w·d_x (one fma);
     Q4_1/Q5_1 add m·s per block on the side. As ggml_vec_dot_*_q8_* and llamafile's tinyBLAS.
+    A row is decoded once into an L1 scratch and reused for every token.
     """
     rows = raw.shape[0]
     n, k = xq.shape
     nb = k // 32
     with_min = type_id == Q4_1 or type_id == Q5_1
-    for r in prange(rows):
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         wq = np.empty(k, dtype=np.float32)
         wd = np.empty(nb, dtype=np.float32)
         wm = np.zeros(nb, dtype=np.float32)
-        _decode32(raw[r], type_id, wq, wd, wm)
+        lanes = np.empty(nb * LANES, dtype=np.float32)
         acc = np.empty(LANES, dtype=np.float32)
-        for t in range(n):
-            acc[:] = 0.0
-            mins = np.float32(0.0)
-            for b in range(nb):
-                scale = wd[b] * xd[t, b]
-                base = b * 32
-                for lane in range(LANES):
-                    i = base + 4 * lane
-                    lane_sum = (wq[i] * xq[t, i] + wq[i + 1] * xq[t, i + 1]) + (
-                        wq[i + 2] * xq[t, i + 2] + wq[i + 3] * xq[t, i + 3])
-                    acc[lane] = fma32(scale, lane_sum, acc[lane])
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            _decode32(raw[r], type_id, wq, wd, wm)
+            for t in range(n):
+                x = xq[t]
+                for i in range(nb * LANES):
+                    lanes[i] = (wq[4 * i] * x[4 * i] + wq[4 * i + 1] * x[4 * i + 1]) + (
+                        wq[4 * i + 2] * x[4 * i + 2] + wq[4 * i + 3] * x[4 * i + 3])
+                acc[:] = 0.0
+                for b in range(nb):
+                    scale = wd[b] * xd[t, b]
+                    for lane in range(LANES):
+                        acc[lane] = fma32(scale, lanes[b * LANES + lane], acc[lane])
+                mins = np.float32(0.0)
                 if with_min:
-                    mins = fma32(wm[b], xs[t, b], mins)
-            out[t, r] = hsum8(acc) + mins
+                    for b in range(nb):
+                        mins = fma32(wm[b], xs[t, b], mins)
+                out[t, r] = hsum8(acc) + mins
     return out
 
 
@@ -223,4 +236,116 @@ def dot_q6_k(raw, xq, xd, xbs, out):
                 for lane in range(LANES):
                     acc[lane] = fma32(d, np.float32(lanes[lane]), acc[lane])
             out[t, r] = hsum8(acc)
+    return out
+
+
+# --- Q4_K (llama.cpp repacks it 8 rows at a time on AVX2) -----------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _decode_q4_k(row, wq, wsc, wmin, wd, wdmin):
+    """Q4_K quants (0..15) per element, 6-bit scales and mins per 32, d and dmin per 256."""
+    for b in range(wd.shape[0]):
+        o = b * 144
+        wd[b] = f16_to_f32(load_u16(row, o))
+        wdmin[b] = f16_to_f32(load_u16(row, o + 2))
+        s = o + 4
+        for j in range(8):
+            if j < 4:
+                sc = row[s + j] & 63
+                mn = row[s + j + 4] & 63
+            else:
+                sc = (row[s + j + 4] & 15) | ((row[s + j - 4] >> 6) << 4)
+                mn = (row[s + j + 4] >> 4) | ((row[s + j] >> 6) << 4)
+            wsc[b * 8 + j] = np.float32(sc)
+            wmin[b * 8 + j] = np.float32(mn)
+        for c in range(4):
+            for i in range(32):
+                byte = row[o + 16 + 32 * c + i]
+                wq[b * 256 + 64 * c + i] = np.float32(byte & 15)
+                wq[b * 256 + 64 * c + 32 + i] = np.float32(byte >> 4)
+
+
+@njit(cache=True, parallel=True)
+def dot_q4_k(raw, xq, xd, xbs, out):
+    """out[t, r] = W[r] · x[t] for Q4_K weights and Q8_K activations, as ggml's repacked 8x8 kernels.
+
+    Their gemm (tokens in fours) adds the scaled integer sum of each 64-quant pair of sub-blocks
+    with one fma; their gemv (the last n % 4 tokens, and decoding) one fma per 256. Mins likewise.
+    """
+    rows = raw.shape[0]
+    n, k = xq.shape
+    nb = k // 256
+    gemv_from = n - n % 4
+    for r in prange(rows):
+        wq = np.empty(k, dtype=np.float32)
+        wsc = np.empty(nb * 8, dtype=np.float32)
+        wmin = np.empty(nb * 8, dtype=np.float32)
+        wd = np.empty(nb, dtype=np.float32)
+        wdmin = np.empty(nb, dtype=np.float32)
+        _decode_q4_k(raw[r], wq, wsc, wmin, wd, wdmin)
+        for t in range(n):
+            acc = np.float32(0.0)
+            acc_min = np.float32(0.0)
+            per_pair = t < gemv_from
+            for b in range(nb):
+                scale = wd[b] * xd[t, b]
+                scale_min = wdmin[b] * xd[t, b]
+                isum = 0.0
+                imin = 0.0
+                for j in range(8):
+                    dot = np.float32(0.0)
+                    for i in range(32):
+                        e = b * 256 + j * 32 + i
+                        dot += wq[e] * xq[t, e]
+                    g = b * 16 + 2 * j
+                    isum += np.float64(wsc[b * 8 + j] * dot)
+                    imin += np.float64(wmin[b * 8 + j] * (xbs[t, g] + xbs[t, g + 1]))
+                    if per_pair and j % 2 == 1:
+                        acc = fma32(np.float32(isum), scale, acc)
+                        acc_min = fma32(np.float32(imin), scale_min, acc_min)
+                        isum = 0.0
+                        imin = 0.0
+                if not per_pair:
+                    acc = fma32(np.float32(isum), scale, acc)
+                    acc_min = fma32(np.float32(imin), scale_min, acc_min)
+            out[t, r] = acc - acc_min
+    return out
+
+
+# --- one token at a time: the decode path, streamed once through the cache -------------------------
+
+
+@njit(cache=True, parallel=True)
+def matvec_q32(raw, type_id, xq, xd, xs, out):
+    """out[r] = W[r] · x for one token, the arithmetic of dot_q32 arranged for SIMD.
+
+    Each row is decoded to integer quants in an L1 scratch, the four-product lane sums of all
+    blocks are formed in one strided pass, then each lane takes its fma per block in order.
+    """
+    rows = raw.shape[0]
+    k = xq.shape[0]
+    nb = k // 32
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        wq = np.empty(k, dtype=np.float32)
+        wd = np.empty(nb, dtype=np.float32)
+        wm = np.zeros(nb, dtype=np.float32)
+        lanes = np.empty(nb * LANES, dtype=np.float32)
+        acc = np.empty(LANES, dtype=np.float32)
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            _decode32(raw[r], type_id, wq, wd, wm)
+            for i in range(nb * LANES):
+                lanes[i] = (wq[4 * i] * xq[4 * i] + wq[4 * i + 1] * xq[4 * i + 1]) + (
+                    wq[4 * i + 2] * xq[4 * i + 2] + wq[4 * i + 3] * xq[4 * i + 3])
+            acc[:] = 0.0
+            for b in range(nb):
+                scale = wd[b] * xd[b]
+                for lane in range(LANES):
+                    acc[lane] = fma32(scale, lanes[b * LANES + lane], acc[lane])
+            mins = np.float32(0.0)
+            if with_min:
+                for b in range(nb):
+                    mins = fma32(wm[b], xs[b], mins)
+            out[r] = hsum8(acc) + mins
     return out

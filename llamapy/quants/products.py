@@ -13,11 +13,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._exact import dot_q6_k, dot_q32, quantize_q8, quantize_q8_k
+from ._exact import dot_q4_k, dot_q6_k, dot_q32, matvec_q32, quantize_q8, quantize_q8_k
 from ._inputs import float_rows, packed_rows, read_only
 from ._kernels import block_mins, decode_rows, product_kernel
 from .activations import quantize_activations
-from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q6_K, Q8_0, quant_type
+from .types import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, quant_type
 
 # Tile of decoded rows for the BLAS variant: ~1 MiB of float32 stays in L2
 # while BLAS sweeps the batch over it (measured flat from 0.5 to 2 MiB).
@@ -137,7 +137,7 @@ def linear(w_raw: np.ndarray, type_id: int, x: np.ndarray, *, impl: str = "avx2"
     return y.reshape(*np.shape(x)[:-1], -1)
 
 
-_EXACT_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q6_K)
+_EXACT_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K)
 
 
 def _exact_product(w_raw: np.ndarray, type_id: int, x: np.ndarray) -> np.ndarray:
@@ -145,12 +145,16 @@ def _exact_product(w_raw: np.ndarray, type_id: int, x: np.ndarray) -> np.ndarray
     rows = packed_rows(w_raw, type_id, k)
     out = np.empty((n, rows.shape[0]), np.float32)
     q = np.empty((n, k), np.float32)
-    if type_id == Q6_K:
+    if type_id in (Q4_K, Q6_K):
         d, sums = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
         quantize_q8_k(x, q, d, sums)
-        dot_q6_k(rows, read_only(q), read_only(d), read_only(sums), out)
+        dot = dot_q4_k if type_id == Q4_K else dot_q6_k
+        dot(rows, read_only(q), read_only(d), read_only(sums), out)
     else:
         d, sums = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
         quantize_q8(x, q, d, sums)
-        dot_q32(rows, type_id, read_only(q), read_only(d), read_only(sums), out)
+        if n == 1:
+            matvec_q32(rows, type_id, read_only(q[0]), read_only(d[0]), read_only(sums[0]), out[0])
+        else:
+            dot_q32(rows, type_id, read_only(q), read_only(d), read_only(sums), out)
     return out
