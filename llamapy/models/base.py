@@ -31,7 +31,7 @@ class DecoderModel:
         return self._rope
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        return self.tok_embd.rows(tokens)
+        return self.tok_embd.rows_f32(tokens)
 
     def forward(self, tokens: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run tokens at positions cache.n_past.., extend the cache; logits of the last (or every) token."""

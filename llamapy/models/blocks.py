@@ -16,25 +16,40 @@ from ..kernels.norm import rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from ..kv_cache import KVCache
 from ..quants import get_rows, linear
+from ..quants._inputs import packed_rows
+from ..quants.products import QuantizedActivations, exact_product, is_exact, quantize_for
+from ..quants.types import Q4_K, Q6_K
+
+K_QUANTS = (Q4_K, Q6_K)
 
 
 class MissingTensor(ValueError):
     """The GGUF lacks a tensor the architecture needs."""
 
 
-@dataclass
 class Linear:
     """y = x @ W.T with W [n_out, n_in] kept as raw GGUF blocks."""
 
-    raw: np.ndarray
-    type_id: int
-    n_in: int
-    n_out: int
+    def __init__(self, raw: np.ndarray, type_id: int, n_in: int, n_out: int):
+        self.raw = raw
+        self.type_id = type_id
+        self.n_in = n_in
+        self.n_out = n_out
+        self.exact = is_exact(type_id)
+        self.rows = packed_rows(raw, type_id, n_in) if self.exact else raw
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return linear(self.raw, self.type_id, x)
+    def quantize(self, x: np.ndarray) -> QuantizedActivations | None:
+        """x as this weight's 8-bit activation blocks (shareable with weights of the same family)."""
+        return quantize_for(self.type_id, np.ascontiguousarray(x, dtype=np.float32)) if self.exact else None
 
-    def rows(self, ids: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, act: QuantizedActivations | None = None) -> np.ndarray:
+        if not self.exact:
+            return linear(self.raw, self.type_id, x)
+        if act is None or act.super_blocks != (self.type_id in K_QUANTS):
+            act = self.quantize(x)
+        return exact_product(self.rows, self.type_id, act)
+
+    def rows_f32(self, ids: np.ndarray) -> np.ndarray:
         """Rows of W as float32: the embedding lookup."""
         return get_rows(self.raw, self.type_id, self.n_in, ids)
 
@@ -93,9 +108,10 @@ class AttentionLayer:
     def __call__(self, x: np.ndarray, cache: KVCache, layer: int, pos0: int, rope: tuple, scale: float,
                  q_prescale: float = 1.0) -> np.ndarray:
         n = x.shape[0]
-        q = self.wq(x).reshape(n, self.n_head, self.head_dim)
-        k = self.wk(x).reshape(n, self.n_head_kv, self.head_dim)
-        v = self.wv(x).reshape(n, self.n_head_kv, self.head_dim_v)
+        act = self.wq.quantize(x)
+        q = self.wq(x, act).reshape(n, self.n_head, self.head_dim)
+        k = self.wk(x, act).reshape(n, self.n_head_kv, self.head_dim)
+        v = self.wv(x, act).reshape(n, self.n_head_kv, self.head_dim_v)
         if self.q_norm is not None:
             q = norm(q.reshape(-1, self.head_dim), self.q_norm, self.norm_eps).reshape(q.shape)
             k = norm(k.reshape(-1, self.head_dim), self.k_norm, self.norm_eps).reshape(k.shape)
@@ -119,8 +135,9 @@ class FeedForward:
     activation: str = "silu"  # "silu" → SwiGLU, "gelu" → GeGLU
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        act = swiglu if self.activation == "silu" else geglu
-        return self.down(act(self.gate(x), self.up(x)))
+        gated = swiglu if self.activation == "silu" else geglu
+        act = self.gate.quantize(x)
+        return self.down(gated(self.gate(x, act), self.up(x, act)))
 
 
 class RopeCache:

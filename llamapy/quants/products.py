@@ -10,12 +10,15 @@ does that.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
 from ._exact import dot_q4_k, dot_q6_k, dot_q32, matvec_q32, quantize_q8, quantize_q8_k
 from ._inputs import float_rows, packed_rows, read_only
 from ._kernels import block_mins, decode_rows, product_kernel
+from ._tiled import TILED_MIN_BATCH, tiled_q6_k
 from .activations import quantize_activations
 from .types import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, quant_type
 
@@ -129,32 +132,59 @@ def linear(w_raw: np.ndarray, type_id: int, x: np.ndarray, *, impl: str = "avx2"
     """
     qt = quant_type(type_id)
     x2 = float_rows(x)
-    if impl == "avx2" and int(type_id) in _EXACT_TYPES:
-        y = _exact_product(w_raw, int(type_id), x2)
+    if impl == "avx2" and is_exact(type_id):
+        rows = packed_rows(w_raw, type_id, x2.shape[1])
+        y = exact_product(rows, int(type_id), quantize_for(type_id, x2))
     else:
         xq, corr = quantize_activations(x2, qt.vec_dot_type, impl=impl, return_correction=True)
         y = matvec(w_raw, type_id, xq[0], corr=corr) if x2.shape[0] == 1 else matmul(w_raw, type_id, xq, corr)
     return y.reshape(*np.shape(x)[:-1], -1)
 
 
-_EXACT_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K)
+_EXACT_TYPES = frozenset((Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K))
+_K_TYPES = frozenset((Q4_K, Q6_K))
 
 
-def _exact_product(w_raw: np.ndarray, type_id: int, x: np.ndarray) -> np.ndarray:
+def is_exact(type_id: int) -> bool:
+    """Whether llama.cpp's own arithmetic is reproduced bit for bit for this weight type."""
+    return int(type_id) in _EXACT_TYPES
+
+
+class QuantizedActivations(NamedTuple):
+    """Activations as llama.cpp's 8-bit blocks: integer quants (float32), scales, and the extra
+    sums (Q8_1's d·Σq per 32, or Q8_K's Σq per 16). One set serves every weight of its family."""
+
+    super_blocks: bool  # Q8_K (for K-quants) rather than Q8_0/Q8_1
+    q: np.ndarray
+    d: np.ndarray
+    extra: np.ndarray
+
+
+def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
+    """Quantize float32 activations [n, k] (C-contiguous) for products with `type_id` weights."""
     n, k = x.shape
-    rows = packed_rows(w_raw, type_id, k)
-    out = np.empty((n, rows.shape[0]), np.float32)
     q = np.empty((n, k), np.float32)
-    if type_id in (Q4_K, Q6_K):
-        d, sums = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
-        quantize_q8_k(x, q, d, sums)
-        dot = dot_q4_k if type_id == Q4_K else dot_q6_k
-        dot(rows, read_only(q), read_only(d), read_only(sums), out)
+    if int(type_id) in _K_TYPES:
+        d, extra = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
+        quantize_q8_k(x, q, d, extra)
+        return QuantizedActivations(True, q, d, extra)
+    d, extra = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
+    quantize_q8(x, q, d, extra)
+    return QuantizedActivations(False, q, d, extra)
+
+
+def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations) -> np.ndarray:
+    """act @ W.T for packed rows [rows, row_bytes] (read-only, contiguous): float32 [n, rows]."""
+    n = act.q.shape[0]
+    out = np.empty((n, rows.shape[0]), np.float32)
+    if type_id == Q4_K:
+        dot_q4_k(rows, act.q, act.d, act.extra, out)
+    elif type_id == Q6_K and n >= TILED_MIN_BATCH:
+        tiled_q6_k(rows, act.q, act.d, out)
+    elif type_id == Q6_K:
+        dot_q6_k(rows, act.q, act.d, act.extra, out)
+    elif n == 1:
+        matvec_q32(rows, type_id, act.q[0], act.d[0], act.extra[0], out[0])
     else:
-        d, sums = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
-        quantize_q8(x, q, d, sums)
-        if n == 1:
-            matvec_q32(rows, type_id, read_only(q[0]), read_only(d[0]), read_only(sums[0]), out[0])
-        else:
-            dot_q32(rows, type_id, read_only(q), read_only(d), read_only(sums), out)
+        dot_q32(rows, type_id, act.q, act.d, act.extra, out)
     return out
