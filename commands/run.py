@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import typer
 
 from ._common import fail, open_model, sampling_options, set_threads, user_errors
 
 DEFAULT_CTX = 2048
+
+
+def looks_like_model(arg: str) -> bool:
+    """A lone positional argument is a model if it names a file or looks like one, else a prompt."""
+    return Path(arg).expanduser().exists() or arg.endswith(".gguf") or arg in ("gemma3", "gemma3-270m")
 
 
 @user_errors
@@ -31,6 +37,8 @@ def run(
 ) -> None:
     launched = time.perf_counter()
     set_threads(threads)
+    if prompt is None and model is not None and not looks_like_model(model):
+        model, prompt = None, model  # `llamapy run "some prompt"`: the default model
     if prompt is None:
         if sys.stdin.isatty():
             fail("no prompt: give one after the model, or pipe it on stdin")
