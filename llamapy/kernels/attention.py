@@ -8,39 +8,38 @@ V sum in float16 with an online softmax; larger batches (tiled) keep Q and the s
 import numpy as np
 from numba import njit, prange
 
-from ..quants._bits import fma32
+from ..quants._bits import fma32, round_f16
 from .activations import ggml_expf
 
 FA_TILE_Q = 64  # ggml's query tile: from this batch size on it takes the float32 tiled path
 FA_TILE_KV = 64  # keys per tile in that path
 
-F16_MIN_NORMAL = np.float32(6.103515625e-05)
-F16_SUBNORMAL_STEP = np.float32(2.0 ** -24)
-VELTKAMP_F16 = np.float32(8193.0)  # 2**13 + 1 splits a float32 into its top 11 significant bits
+KV_PAD = 256  # llama.cpp views its KV cache in multiples of 256 cells
+SPLIT_KV_MIN = 512  # from this many cells one-token attention is split across threads
+SPLIT_KV_THREADS = 2  # the split follows the thread count; our reference used 2
 
 
-@njit(cache=True, inline="always")
-def round_f16(x):
-    """x rounded to the nearest float16 value, returned as float32 (numba has no float16)."""
-    if abs(x) < F16_MIN_NORMAL:
-        return np.float32(np.rint(x / F16_SUBNORMAL_STEP)) * F16_SUBNORMAL_STEP
-    c = x * VELTKAMP_F16
-    return c - (c - x)
-
-
-def attention(q, k_cache, v_cache, pos0, window, scale, out):
+def attention(q, k_cache, v_cache, pos0, window, scale, out, n_ctx=0):
     """Softmax attention for queries q [n, n_head, d] at positions pos0 .. pos0+n-1.
 
     k_cache/v_cache are [n_ctx, n_head_kv, d] and hold every position up to pos0+n-1. Query t sees
     keys p with p <= pos0+t and, when window > 0, pos0+t - p < window (llama.cpp's standard SWA).
+    n_ctx (the context size) decides, as in llama.cpp, when one-token attention splits its keys.
     One token runs serially: a parallel region costs more to start than nine heads take.
     """
-    kernel = _attention_parallel if q.shape[0] > 1 else _attention_serial
-    return kernel(q, k_cache, v_cache, pos0, window, scale, out)
+    n = q.shape[0]
+    n_kv = min(_pad(max(n_ctx, 1)), max(KV_PAD, _pad(pos0 + n)))
+    split = n == 1 and n_kv >= SPLIT_KV_MIN
+    kernel = _attention_parallel if n > 1 else _attention_serial
+    return kernel(q, k_cache, v_cache, pos0, window, scale, out, n_kv if split else 0)
+
+
+def _pad(n: int) -> int:
+    return (n + KV_PAD - 1) // KV_PAD * KV_PAD
 
 
 @njit(cache=True, inline="always")
-def _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out):
+def _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out, split_kv):
     n, n_head, d = q.shape
     group = n_head // k_cache.shape[1]
     t = task // n_head
@@ -51,22 +50,25 @@ def _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out):
     if n < FA_TILE_Q:
         for c in range(d):
             qv[c] = round_f16(qv[c])
-        _attend_one(qv, k_cache, v_cache, h // group, first, pos + 1, scale, True, out[t, h])
+        if split_kv:
+            _attend_split(qv, k_cache, v_cache, h // group, first, pos + 1, scale, split_kv, out[t, h])
+        else:
+            _attend_one(qv, k_cache, v_cache, h // group, first, pos + 1, scale, True, out[t, h])
     else:
         _attend_tiled(qv, k_cache, v_cache, h // group, first, pos + 1, scale, out[t, h])
 
 
 @njit(cache=True, parallel=True)
-def _attention_parallel(q, k_cache, v_cache, pos0, window, scale, out):
+def _attention_parallel(q, k_cache, v_cache, pos0, window, scale, out, split_kv):
     for task in prange(q.shape[0] * q.shape[1]):
-        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out)
+        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out, split_kv)
     return out
 
 
 @njit(cache=True)
-def _attention_serial(q, k_cache, v_cache, pos0, window, scale, out):
+def _attention_serial(q, k_cache, v_cache, pos0, window, scale, out, split_kv):
     for task in range(q.shape[0] * q.shape[1]):
-        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out)
+        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out, split_kv)
     return out
 
 
@@ -134,11 +136,46 @@ def _dot_f16_order(qv, k_cache, j, kh, acc):
 @njit(cache=True)
 def _attend_one(qv, k_cache, v_cache, kh, first, end, scale, half_precision, out):
     """Online softmax over keys first..end-1 of kv head kh, written to out [dv]."""
-    d = qv.shape[0]
+    running_max, total = _online_softmax(qv, k_cache, v_cache, kh, first, end, scale, half_precision, out)
+    inv = np.float32(1.0) / total
+    for c in range(out.shape[0]):
+        out[c] = out[c] * inv
+
+
+@njit(cache=True)
+def _attend_split(qv, k_cache, v_cache, kh, first, end, scale, n_kv, out):
+    """One token over n_kv cells cut in one chunk per thread, each summed apart, then merged."""
     dv = out.shape[0]
-    acc = np.zeros(dv, dtype=np.float32)
+    chunk = (n_kv + SPLIT_KV_THREADS - 1) // SPLIT_KV_THREADS
+    part = np.empty(dv, dtype=np.float32)
+    merged_max = np.float32(-np.inf)
+    merged_total = np.float32(0.0)
+    out[:] = 0.0
+    for c in range(SPLIT_KV_THREADS):
+        lo, hi = max(first, c * chunk), min(end, (c + 1) * chunk)
+        if lo >= hi:
+            continue
+        part_max, part_total = _online_softmax(qv, k_cache, v_cache, kh, lo, hi, scale, True, part)
+        new_max = max(merged_max, part_max)
+        scale_old = np.float32(np.exp(np.float32(merged_max - new_max)))
+        scale_new = np.float32(np.exp(np.float32(part_max - new_max)))
+        for i in range(dv):
+            out[i] = fma32(out[i], scale_old, part[i] * scale_new)
+        merged_total = fma32(merged_total, scale_old, part_total * scale_new)
+        merged_max = new_max
+    inv = np.float32(1.0) / merged_total
+    for i in range(dv):
+        out[i] = out[i] * inv
+
+
+@njit(cache=True, inline="always")
+def _online_softmax(qv, k_cache, v_cache, kh, first, end, scale, half_precision, acc):
+    """ggml's one-query flash attention: acc gets the unnormalised weighted V sum; (max, sum) back."""
+    d = qv.shape[0]
+    dv = acc.shape[0]
+    acc[:] = 0.0
     lanes = np.empty(32, dtype=np.float32)
-    running_max = -np.inf
+    running_max = np.float32(-np.inf)
     total = np.float32(0.0)
     for j in range(first, end):
         if half_precision and d % 32 == 0:
@@ -164,6 +201,4 @@ def _attend_one(qv, k_cache, v_cache, kh, first, end, scale, half_precision, out
             if half_precision:
                 acc[c] = round_f16(acc[c])
         total = fma32(total, rescale, weight)
-    inv = np.float32(1.0) / total
-    for c in range(dv):
-        out[c] = acc[c] * inv
+    return running_max, total

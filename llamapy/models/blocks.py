@@ -123,7 +123,7 @@ class AttentionLayer:
         cache.store(layer, pos0, round_f16(k), round_f16(v))
         out = np.empty((n, self.n_head, self.head_dim_v), dtype=np.float32)
         k_all, v_all = cache.view(layer, pos0 + n)
-        attention(q, k_all, v_all, pos0, self.window, np.float32(scale), out)
+        attention(q, k_all, v_all, pos0, self.window, np.float32(scale), out, cache.n_ctx)
         return self.wo(out.reshape(n, -1))
 
 
