@@ -6,7 +6,24 @@
         print(step.text, end="")
 """
 
+import os
+
 __version__ = "0.1.0"
+
+
+def _numba_cache_dir() -> None:
+    """numba caches compiled kernels beside the sources; where those are read-only (a system-wide
+    install) send the cache to ~/.cache/llamapy/numba, so start-up stays fast after the first run.
+    Must run before numba is imported."""
+    if "NUMBA_CACHE_DIR" in os.environ:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.access(here, os.W_OK):
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "llamapy", "numba")
+
+
+_numba_cache_dir()
 
 
 def load(path=None):
@@ -16,4 +33,4 @@ def load(path=None):
     return _load(path)
 
 
-__all__ = ["load", "__version__"]
+__all__ = ["__version__", "load"]
