@@ -9,6 +9,12 @@ ggml's horizontal sum. Integer sums are carried in float32, which holds them exa
 
 Activations arrive pre-quantized as (q, d, extra): q the integer quants as float32 [n, k],
 d the per-block scale [n, k/block], extra the Q8_1 block sums or the Q8_K 16-element sums.
+
+Speed: the kernels hold ggml's eight lanes in explicit 8-wide vectors (f32x8 from _bits.py),
+so they run as AVX2 code whatever numba's vectoriser makes of them, and keep both the weights
+and the activations in the "lane-major" order below, where a lane sum is a vector multiply-add.
+One token (matvec_*) decodes each row on the fly from the packed bytes; a batch (dot_*) decodes
+16 rows once into an L2 scratch and streams the tokens over them four at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +22,31 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._bits import f16_to_f32, fma32, load_u16, round_f16
+from ._bits import (
+    add_halves,
+    bytes_of,
+    f16_to_f32,
+    fma32,
+    hadd,
+    lane,
+    load_nibble_words,
+    load_sbytes,
+    load_u16,
+    load_u32,
+    load_words,
+    pair_sums,
+    reduce_add,
+    round_f16,
+    spread_bits,
+    vfloat,
+    vfma,
+    vint,
+    vload,
+    vpair,
+    vsplat,
+    vstore,
+    vzero,
+)
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 LANES = 8
@@ -81,61 +111,164 @@ def quantize_q8_k(x, q, d, bsums):
             d[t, b] = np.float32(1.0) / iscale
 
 
-@njit(cache=True, inline="always")
-def hsum8(acc):
-    """ggml's hsum_float_8: fold the high half onto the low, then pairs, then the last two."""
-    r0 = acc[4] + acc[0]
-    r1 = acc[5] + acc[1]
-    r2 = acc[6] + acc[2]
-    r3 = acc[7] + acc[3]
+# --- the lane-major layout -------------------------------------------------------------------------
+# ggml's lane l of a 32-quant vector sums the products of quants 4l..4l+3. Stored "lane-major",
+# position 8m + l of each 32 holding quant 4l + m, the m-th products of all eight lanes form one
+# contiguous vector, so a block's lane sums are four vector multiply-adds. Activations are
+# permuted once per call; weights are decoded straight into that order (byte m of word l).
+
+
+@njit(cache=True)
+def _lane_major(xq):
+    """xq [n, k] permuted to the lane-major order (a copy)."""
+    n, k = xq.shape
+    xp = np.empty((n, k), dtype=np.float32)
+    for t in range(n):
+        for v in range(0, k, 32):
+            for m in range(4):
+                for i in range(8):
+                    xp[t, v + 8 * m + i] = xq[t, v + 4 * i + m]
+    return xp
+
+
+@njit(cache=True)
+def _lanes(w0, w1, w2, w3, x, o):
+    """Per-lane sums of four products: exact integers, so fused or not, any order gives them."""
+    return vfma(w3, vload(x, o + 24), vfma(w2, vload(x, o + 16), vfma(w1, vload(x, o + 8), w0 * vload(x, o))))
+
+
+@njit(cache=True)
+def _hsum(acc):
+    """The horizontal sum of a vector as ggml's hsum_float_8: high half onto low, then pairs, then the last two)."""
+    r0 = lane(acc, 4) + lane(acc, 0)
+    r1 = lane(acc, 5) + lane(acc, 1)
+    r2 = lane(acc, 6) + lane(acc, 2)
+    r3 = lane(acc, 7) + lane(acc, 3)
     return (r0 + r2) + (r1 + r3)
+
+
+@njit(cache=True)
+def _half(row, o):
+    return f16_to_f32(load_u16(row, o))
+
+
+PARTS = 32  # batch kernels: shares of the row tasks (a few per thread), each with its own scratch
+
+
+@njit(cache=True)
+def _parts(rows):
+    """(number of tasks of ROWS_PER_TASK rows, number of parts to share them among).
+
+    prange hands each thread a contiguous run of parts, and a part allocates its scratch once:
+    rather than one per task of 16 rows (128 KiB at k = 2048). Parts are not fitted to the thread
+    count: numba.get_num_threads() in a kernel stops numba from caching it."""
+    tasks = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    return tasks, min(tasks, PARTS)
 
 
 # --- formats with blocks of 32: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 ---------------------------------------
 
 
+@njit(cache=True)
+def _block32(row, type_id, b):
+    """Block b of a row: its quants as four lane-major vectors, its scale, its min (Q4_1/Q5_1, else 0)."""
+    if type_id == Q8_0:
+        o = b * 34
+        w = load_words(row, o + 2)  # sign-extend byte m of each word
+        return (vfloat((w << 24) >> 24), vfloat((w << 16) >> 24), vfloat((w << 8) >> 24), vfloat(w >> 24),
+                _half(row, o), np.float32(0.0))
+    size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
+    o = b * size
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    q = o + 4 if with_min else o + 2
+    mn = _half(row, o + 2) if with_min else np.float32(0.0)
+    if type_id == Q4_0 or type_id == Q4_1:
+        nib = load_nibble_words(row, q)
+        off = 8 if type_id == Q4_0 else 0
+        return (vfloat((nib & 15) - off), vfloat(((nib >> 8) & 15) - off), vfloat(((nib >> 16) & 15) - off),
+                vfloat(((nib >> 24) & 15) - off), _half(row, o), mn)
+    high = spread_bits(load_u32(row, q))  # bit 4l+m (quant 4l+m's fifth bit) at bit m of lane l
+    nib = load_nibble_words(row, q + 4)
+    off = 16 if type_id == Q5_0 else 0
+    return (vfloat(((nib & 15) | ((high << 4) & 16)) - off),
+            vfloat((((nib >> 8) & 15) | ((high << 3) & 16)) - off),
+            vfloat((((nib >> 16) & 15) | ((high << 2) & 16)) - off),
+            vfloat((((nib >> 24) & 15) | ((high << 1) & 16)) - off), _half(row, o), mn)
+
+
+@njit(cache=True, parallel=True)
+def matvec_q32(raw, type_id, xq, xd, xs, out):
+    """out[r] = W[r] · x for one token, the arithmetic of dot_q32 with the row decoded on the fly."""
+    rows = raw.shape[0]
+    nb = xq.shape[0] // 32
+    xp = _lane_major(xq.reshape(1, -1))[0]
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            row = raw[r]
+            acc = vzero()
+            mins = np.float32(0.0)
+            for b in range(nb):
+                w0, w1, w2, w3, d, m = _block32(row, type_id, b)
+                acc = vfma(vsplat(d * xd[b]), _lanes(w0, w1, w2, w3, xp, 32 * b), acc)
+                if with_min:
+                    mins = fma32(m, xs[b], mins)
+            out[r] = _hsum(acc) + mins
+    return out
+
+
 @njit(cache=True, inline="always")
 def _decode32(row, type_id, wq, wd, wm):
-    """Integer quants of one row into wq (float32), scales into wd, mins (Q4_1/Q5_1) into wm.
+    """A row into lane-major integer quants wq, scales wd and mins wm."""
+    for b in range(wd.shape[0]):
+        w0, w1, w2, w3, d, m = _block32(row, type_id, b)
+        vstore(wq, 32 * b, w0)
+        vstore(wq, 32 * b + 8, w1)
+        vstore(wq, 32 * b + 16, w2)
+        vstore(wq, 32 * b + 24, w3)
+        wd[b] = d
+        wm[b] = m
 
-    Inner loops run to a run-time 16·one: a literal trip count gets fully unrolled by LLVM
-    before its vectoriser sees it, and the unrolled code stays scalar.
-    """
-    nb = wd.shape[0]
-    one = 1 if nb > 0 else 0
-    for b in range(nb):
-        if type_id == Q8_0:
-            o = b * 34
-            wd[b] = f16_to_f32(load_u16(row, o))
-            for j in range(32 * one):
-                v = np.int32(row[o + 2 + j])
-                wq[b * 32 + j] = np.float32(v - ((v >> 7) << 8))
-            continue
-        size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
-        o = b * size
-        wd[b] = f16_to_f32(load_u16(row, o))
-        quants = o + 2
-        if type_id == Q4_1 or type_id == Q5_1:
-            wm[b] = f16_to_f32(load_u16(row, o + 2))
-            quants = o + 4
-        high = np.uint32(0)
-        if type_id == Q5_0 or type_id == Q5_1:
-            high = (np.uint32(row[quants]) | (np.uint32(row[quants + 1]) << 8)
-                    | (np.uint32(row[quants + 2]) << 16) | (np.uint32(row[quants + 3]) << 24))
-            quants += 4
-        offset = np.float32(8.0) if type_id == Q4_0 else np.float32(16.0) if type_id == Q5_0 else np.float32(0.0)
-        if type_id == Q5_0 or type_id == Q5_1:
-            for j in range(16 * one):
-                byte = np.uint32(row[quants + j])
-                lo = (byte & 15) | (((high >> j) & 1) << 4)
-                hi = (byte >> 4) | (((high >> (j + 16)) & 1) << 4)
-                wq[b * 32 + j] = np.float32(lo) - offset
-                wq[b * 32 + 16 + j] = np.float32(hi) - offset
-        else:
-            for j in range(16 * one):
-                byte = row[quants + j]
-                wq[b * 32 + j] = np.float32(byte & 15) - offset
-                wq[b * 32 + 16 + j] = np.float32(byte >> 4) - offset
+
+@njit(cache=True, inline="always")
+def _dot32_x4(wq, wd, wm, xp, xd, xs, t, with_min, out, r):
+    """out[t:t+4, r]: one pass over the decoded row for four tokens."""
+    x0, x1, x2, x3 = xp[t], xp[t + 1], xp[t + 2], xp[t + 3]
+    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+    m0 = m1 = m2 = m3 = np.float32(0.0)
+    for b in range(wd.shape[0]):
+        o = 32 * b
+        w0, w1, w2, w3 = vload(wq, o), vload(wq, o + 8), vload(wq, o + 16), vload(wq, o + 24)
+        d = wd[b]
+        a0 = vfma(vsplat(d * xd[t, b]), _lanes(w0, w1, w2, w3, x0, o), a0)
+        a1 = vfma(vsplat(d * xd[t + 1, b]), _lanes(w0, w1, w2, w3, x1, o), a1)
+        a2 = vfma(vsplat(d * xd[t + 2, b]), _lanes(w0, w1, w2, w3, x2, o), a2)
+        a3 = vfma(vsplat(d * xd[t + 3, b]), _lanes(w0, w1, w2, w3, x3, o), a3)
+        if with_min:
+            m = wm[b]
+            m0 = fma32(m, xs[t, b], m0)
+            m1 = fma32(m, xs[t + 1, b], m1)
+            m2 = fma32(m, xs[t + 2, b], m2)
+            m3 = fma32(m, xs[t + 3, b], m3)
+    out[t, r] = _hsum(a0) + m0
+    out[t + 1, r] = _hsum(a1) + m1
+    out[t + 2, r] = _hsum(a2) + m2
+    out[t + 3, r] = _hsum(a3) + m3
+
+
+@njit(cache=True, inline="always")
+def _dot32_x1(wq, wd, wm, xp, xd, xs, t, with_min, out, r):
+    """out[t, r] from a decoded row."""
+    x = xp[t]
+    acc = vzero()
+    mins = np.float32(0.0)
+    for b in range(wd.shape[0]):
+        o = 32 * b
+        w = _lanes(vload(wq, o), vload(wq, o + 8), vload(wq, o + 16), vload(wq, o + 24), x, o)
+        acc = vfma(vsplat(wd[b] * xd[t, b]), w, acc)
+        if with_min:
+            mins = fma32(wm[b], xs[t, b], mins)
+    out[t, r] = _hsum(acc) + mins
 
 
 @njit(cache=True, parallel=True)
@@ -144,60 +277,174 @@ def dot_q32(raw, type_id, xq, xd, xs, out):
 
     Each block adds, per lane, the exact integer sum of four products scaled by d_w·d_x (one fma);
     Q4_1/Q5_1 add m·s per block on the side. As ggml_vec_dot_*_q8_* and llamafile's tinyBLAS.
-    A row is decoded once into an L1 scratch and reused for every token.
+    A task decodes its rows once into an L2 scratch, then runs the tokens over them four at a
+    time (their activations stay in L1 across the rows).
     """
     rows = raw.shape[0]
     n, k = xq.shape
     nb = k // 32
+    xp = _lane_major(xq)
     with_min = type_id == Q4_1 or type_id == Q5_1
-    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        wq = np.empty(k, dtype=np.float32)
-        wd = np.empty(nb, dtype=np.float32)
-        wm = np.zeros(nb, dtype=np.float32)
-        lanes = np.empty(nb * LANES, dtype=np.float32)
-        acc = np.empty(LANES, dtype=np.float32)
-        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
-            _decode32(raw[r], type_id, wq, wd, wm)
-            for t in range(n):
-                x = xq[t]
-                for i in range(nb * LANES):
-                    lanes[i] = (wq[4 * i] * x[4 * i] + wq[4 * i + 1] * x[4 * i + 1]) + (
-                        wq[4 * i + 2] * x[4 * i + 2] + wq[4 * i + 3] * x[4 * i + 3])
-                acc[:] = 0.0
-                for b in range(nb):
-                    scale = wd[b] * xd[t, b]
-                    for lane in range(LANES):
-                        acc[lane] = fma32(scale, lanes[b * LANES + lane], acc[lane])
-                mins = np.float32(0.0)
-                if with_min:
-                    for b in range(nb):
-                        mins = fma32(wm[b], xs[t, b], mins)
-                out[t, r] = hsum8(acc) + mins
+    tasks, parts = _parts(rows)
+    for part in prange(parts):
+        wq = np.empty((ROWS_PER_TASK, k), dtype=np.float32)
+        wd = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
+        wm = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
+        for task in range(part * tasks // parts, (part + 1) * tasks // parts):
+            r0 = task * ROWS_PER_TASK
+            count = min(rows, r0 + ROWS_PER_TASK) - r0
+            for i in range(count):
+                _decode32(raw[r0 + i], type_id, wq[i], wd[i], wm[i])
+            for t in range(0, n - 3, 4):
+                for i in range(count):
+                    _dot32_x4(wq[i], wd[i], wm[i], xp, xd, xs, t, with_min, out, r0 + i)
+            for t in range(n - n % 4, n):
+                for i in range(count):
+                    _dot32_x1(wq[i], wd[i], wm[i], xp, xd, xs, t, with_min, out, r0 + i)
     return out
 
 
 # --- Q6_K -------------------------------------------------------------------------------------------
 
 
+@njit(cache=True)
+def _i8(row, i):
+    v = np.int32(row[i])
+    return np.float32(v - ((v >> 7) << 8))
+
+
+@njit(cache=True)
+def _q6_k_quants(row, o, v):
+    """Quants (0..63, offset not applied) of 32-vector v of the superblock at o, lane-major."""
+    low = load_words(row, o + 64 * (v >> 2) + 32 * (v & 1)) >> (4 * ((v >> 1) & 1))
+    high = load_words(row, o + 128 + 32 * (v >> 2)) >> (2 * (v & 3))
+    q = (low & 0x0F0F0F0F) | ((high & 0x03030303) << 4)
+    return vfloat(q & 63), vfloat((q >> 8) & 63), vfloat((q >> 16) & 63), vfloat(q >> 24)
+
+
+@njit(cache=True)
+def _q6_k_scales(row, o, v):
+    """Vector v's scales per lane: lanes 0-3 take quants 0-15 (group 2v), lanes 4-7 group 2v+1."""
+    return vpair(_i8(row, o + 192 + 2 * v), _i8(row, o + 193 + 2 * v))
+
+
+@njit(cache=True)
+def _q6_k_lanes(h0, h1, offsets):
+    """The exact integer lane sums, rounded to float32 once (ggml's cvtepi32_ps).
+
+    h0 and h1 (vectors 0-3 and 4-7) are each below 2**24 in magnitude, so exact in float32,
+    but their sum may not be: they are added as int32."""
+    return vfloat(vint(h0) + vint(h1) - vint(offsets))
+
+
+@njit(cache=True)
+def _q6_k_offsets(bs, g, sc_lo, sc_hi):
+    """32·(bsums[2l]·scale[2l] + bsums[2l+1]·scale[2l+1]) per lane l: ggml's correction for the
+    offset of 32 it leaves out of the quants (exact: at most 32·2·2032·128 < 2**24)."""
+    return vsplat(np.float32(32.0)) * pair_sums(vload(bs, g) * sc_lo, vload(bs, g + 8) * sc_hi)
+
+
+@njit(cache=True, parallel=True)
+def matvec_q6_k(raw, xq, xd, xbs, out):
+    """out[r] = W[r] · x for one token: dot_q6_k's arithmetic, the row decoded on the fly."""
+    rows = raw.shape[0]
+    nb = xq.shape[0] // 256
+    xp = _lane_major(xq.reshape(1, -1))[0]
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            row = raw[r]
+            acc = vzero()
+            for b in range(nb):
+                o = b * 210
+                h0 = vzero()
+                h1 = vzero()
+                for v in range(4):
+                    q0, q1, q2, q3 = _q6_k_quants(row, o, v)
+                    h0 = vfma(_q6_k_scales(row, o, v), _lanes(q0, q1, q2, q3, xp, b * 256 + 32 * v), h0)
+                for v in range(4, 8):
+                    q0, q1, q2, q3 = _q6_k_quants(row, o, v)
+                    h1 = vfma(_q6_k_scales(row, o, v), _lanes(q0, q1, q2, q3, xp, b * 256 + 32 * v), h1)
+                offsets = _q6_k_offsets(xbs, b * 16, load_sbytes(row, o + 192), load_sbytes(row, o + 200))
+                acc = vfma(vsplat(xd[b] * _half(row, o + 208)), _q6_k_lanes(h0, h1, offsets), acc)
+            out[r] = _hsum(acc)
+    return out
+
+
 @njit(cache=True, inline="always")
-def _decode_q6_k(row, wq, wsc, wd):
-    """Q6_K quants (0..63, offset not applied) per element, scales per 16, d per 256."""
+def _decode_q6_k_lanes(row, wq, wsp, wsc, wd):
+    """A row into lane-major quants wq, per-vector lane scales wsp (8 per vector), scales wsc, d wd."""
     for b in range(wd.shape[0]):
         o = b * 210
-        wd[b] = f16_to_f32(load_u16(row, o + 208))
-        for g in range(16):
-            v = np.int32(row[o + 192 + g])
-            wsc[b * 16 + g] = np.float32(v - 256 if v > 127 else v)
-        for half in range(2):
-            ql = o + half * 64
-            qh = o + 128 + half * 32
-            y = b * 256 + half * 128
-            for i in range(32):
-                h = row[qh + i]
-                wq[y + i] = np.float32((row[ql + i] & 15) | ((h & 3) << 4))
-                wq[y + 32 + i] = np.float32((row[ql + 32 + i] & 15) | (((h >> 2) & 3) << 4))
-                wq[y + 64 + i] = np.float32((row[ql + i] >> 4) | (((h >> 4) & 3) << 4))
-                wq[y + 96 + i] = np.float32((row[ql + 32 + i] >> 4) | (((h >> 6) & 3) << 4))
+        wd[b] = _half(row, o + 208)
+        vstore(wsc, b * 16, load_sbytes(row, o + 192))
+        vstore(wsc, b * 16 + 8, load_sbytes(row, o + 200))
+        for v in range(8):
+            q0, q1, q2, q3 = _q6_k_quants(row, o, v)
+            e = b * 256 + 32 * v
+            vstore(wq, e, q0)
+            vstore(wq, e + 8, q1)
+            vstore(wq, e + 16, q2)
+            vstore(wq, e + 24, q3)
+            vstore(wsp, 8 * (b * 8 + v), _q6_k_scales(row, o, v))
+
+
+@njit(cache=True)
+def _q6_k_half(wq, wsp, x, b, v0):
+    """Σ over vectors v0..v0+3 of superblock b of scale · lane sums."""
+    h = vzero()
+    for v in range(v0, v0 + 4):
+        e = b * 256 + 32 * v
+        w = _lanes(vload(wq, e), vload(wq, e + 8), vload(wq, e + 16), vload(wq, e + 24), x, e)
+        h = vfma(vload(wsp, 8 * (b * 8 + v)), w, h)
+    return h
+
+
+@njit(cache=True, inline="always")
+def _q6_k_token(wq, wsp, wsc, wd, xp, xd, xbs, t):
+    """out[t, r] from a decoded row."""
+    x = xp[t]
+    bs = xbs[t]
+    acc = vzero()
+    for b in range(wd.shape[0]):
+        offsets = _q6_k_offsets(bs, b * 16, vload(wsc, b * 16), vload(wsc, b * 16 + 8))
+        lanes = _q6_k_lanes(_q6_k_half(wq, wsp, x, b, 0), _q6_k_half(wq, wsp, x, b, 4), offsets)
+        acc = vfma(vsplat(xd[t, b] * wd[b]), lanes, acc)
+    return _hsum(acc)
+
+
+@njit(cache=True)
+def _q6_k_half_x4(wq, wsp, x0, x1, x2, x3, b, v0):
+    """_q6_k_half for four tokens, each weight vector loaded once."""
+    h0, h1, h2, h3 = vzero(), vzero(), vzero(), vzero()
+    for v in range(v0, v0 + 4):
+        e = b * 256 + 32 * v
+        w0, w1, w2, w3 = vload(wq, e), vload(wq, e + 8), vload(wq, e + 16), vload(wq, e + 24)
+        sc = vload(wsp, 8 * (b * 8 + v))
+        h0 = vfma(sc, _lanes(w0, w1, w2, w3, x0, e), h0)
+        h1 = vfma(sc, _lanes(w0, w1, w2, w3, x1, e), h1)
+        h2 = vfma(sc, _lanes(w0, w1, w2, w3, x2, e), h2)
+        h3 = vfma(sc, _lanes(w0, w1, w2, w3, x3, e), h3)
+    return h0, h1, h2, h3
+
+
+@njit(cache=True, inline="always")
+def _q6_k_x4(wq, wsp, wsc, wd, xp, xd, xbs, t, out, r):
+    """out[t:t+4, r]: _q6_k_token for four tokens in one pass over the decoded row."""
+    x0, x1, x2, x3 = xp[t], xp[t + 1], xp[t + 2], xp[t + 3]
+    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+    for b in range(wd.shape[0]):
+        g = b * 16
+        sc_lo, sc_hi = vload(wsc, g), vload(wsc, g + 8)
+        h0, h1, h2, h3 = _q6_k_half_x4(wq, wsp, x0, x1, x2, x3, b, 0)
+        k0, k1, k2, k3 = _q6_k_half_x4(wq, wsp, x0, x1, x2, x3, b, 4)
+        a0 = vfma(vsplat(xd[t, b] * wd[b]), _q6_k_lanes(h0, k0, _q6_k_offsets(xbs[t], g, sc_lo, sc_hi)), a0)
+        a1 = vfma(vsplat(xd[t + 1, b] * wd[b]), _q6_k_lanes(h1, k1, _q6_k_offsets(xbs[t + 1], g, sc_lo, sc_hi)), a1)
+        a2 = vfma(vsplat(xd[t + 2, b] * wd[b]), _q6_k_lanes(h2, k2, _q6_k_offsets(xbs[t + 2], g, sc_lo, sc_hi)), a2)
+        a3 = vfma(vsplat(xd[t + 3, b] * wd[b]), _q6_k_lanes(h3, k3, _q6_k_offsets(xbs[t + 3], g, sc_lo, sc_hi)), a3)
+    out[t, r] = _hsum(a0)
+    out[t + 1, r] = _hsum(a1)
+    out[t + 2, r] = _hsum(a2)
+    out[t + 3, r] = _hsum(a3)
 
 
 @njit(cache=True, parallel=True)
@@ -206,64 +453,315 @@ def dot_q6_k(raw, xq, xd, xbs, out):
 
     Lane i of a superblock sums the scaled products of bytes 4i..4i+3 of each 32-quant vector,
     minus 32·(bsums·scales) of 16-groups 2i and 2i+1; all integer, then one fma per lane.
+    A task decodes its rows once, then runs every token over them.
     """
     rows = raw.shape[0]
     n, k = xq.shape
     nb = k // 256
-    for r in prange(rows):
-        wq = np.empty(k, dtype=np.float32)
-        wsc = np.empty(nb * 16, dtype=np.float32)
-        wd = np.empty(nb, dtype=np.float32)
-        _decode_q6_k(raw[r], wq, wsc, wd)
-        acc = np.empty(LANES, dtype=np.float32)
-        lanes = np.empty(LANES, dtype=np.float64)
-        for t in range(n):
-            acc[:] = 0.0
-            for b in range(nb):
-                lanes[:] = 0.0
-                for vec in range(8):  # eight vectors of 32 quants per superblock
-                    e0 = b * 256 + vec * 32
-                    for lane in range(LANES):
-                        s = 0.0
-                        for m in range(4):
-                            e = e0 + 4 * lane + m
-                            s += np.float64(wsc[e // 16] * (wq[e] * xq[t, e]))
-                        lanes[lane] += s
-                for lane in range(LANES):
-                    g = b * 16 + 2 * lane
-                    lanes[lane] -= 32.0 * (np.float64(xbs[t, g]) * wsc[g] + np.float64(xbs[t, g + 1]) * wsc[g + 1])
-                d = xd[t, b] * wd[b]
-                for lane in range(LANES):
-                    acc[lane] = fma32(d, np.float32(lanes[lane]), acc[lane])
-            out[t, r] = hsum8(acc)
+    xp = _lane_major(xq)
+    tasks, parts = _parts(rows)
+    for part in prange(parts):
+        wq = np.empty((ROWS_PER_TASK, k), dtype=np.float32)
+        wsp = np.empty((ROWS_PER_TASK, nb * 64), dtype=np.float32)
+        wsc = np.empty((ROWS_PER_TASK, nb * 16), dtype=np.float32)
+        wd = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
+        for task in range(part * tasks // parts, (part + 1) * tasks // parts):
+            r0 = task * ROWS_PER_TASK
+            count = min(rows, r0 + ROWS_PER_TASK) - r0
+            for i in range(count):
+                _decode_q6_k_lanes(raw[r0 + i], wq[i], wsp[i], wsc[i], wd[i])
+            for t in range(0, n - 3, 4):
+                for i in range(count):
+                    _q6_k_x4(wq[i], wsp[i], wsc[i], wd[i], xp, xd, xbs, t, out, r0 + i)
+            for t in range(n - n % 4, n):
+                for i in range(count):
+                    out[t, r0 + i] = _q6_k_token(wq[i], wsp[i], wsc[i], wd[i], xp, xd, xbs, t)
+    return out
+
+
+# --- Q6_K, tiled: ggml's K-quant matmul for batches of 8 tokens or more ----------------------------
+# Per row, token and superblock: the exact integer Σ scale·(q - 32)·x over its 256 quants, rounded
+# to float32 once, times d_w, then one fma with d_x. The scale is folded into the decoded quants
+# (at most 128·32 = 4096), so a lane's sum over the eight vectors stays within 8·4·4096·128 = 2**24,
+# exact in float32; the eight lanes are added as int32.
+
+
+@njit(cache=True, inline="always")
+def _decode_q6_k_tiled(row, wq, wd):
+    """A row into lane-major scale·(q - 32) wq, and d per 256 wd."""
+    for b in range(wd.shape[0]):
+        o = b * 210
+        wd[b] = _half(row, o + 208)
+        for v in range(8):
+            sc = _q6_k_scales(row, o, v)
+            q0, q1, q2, q3 = _q6_k_quants(row, o, v)
+            e = b * 256 + 32 * v
+            off = vsplat(np.float32(32.0))
+            vstore(wq, e, sc * (q0 - off))
+            vstore(wq, e + 8, sc * (q1 - off))
+            vstore(wq, e + 16, sc * (q2 - off))
+            vstore(wq, e + 24, sc * (q3 - off))
+
+
+@njit(cache=True)
+def _tiled_add(h, d, xd, acc):
+    """acc + (d · Σ lanes of h) · xd, with the lane sum exact and rounded once."""
+    return fma32(d * np.float32(reduce_add(vint(h))), xd, acc)
+
+
+@njit(cache=True, inline="always")
+def _q6_k_tiled_x4(wq, wd, xp, xd, t, out, r):
+    """out[t:t+4, r]: four tokens in one pass over the decoded row."""
+    x0, x1, x2, x3 = xp[t], xp[t + 1], xp[t + 2], xp[t + 3]
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for b in range(wd.shape[0]):
+        h0, h1, h2, h3 = vzero(), vzero(), vzero(), vzero()
+        for e in range(b * 256, b * 256 + 256, 32):
+            w0, w1, w2, w3 = vload(wq, e), vload(wq, e + 8), vload(wq, e + 16), vload(wq, e + 24)
+            h0 = h0 + _lanes(w0, w1, w2, w3, x0, e)
+            h1 = h1 + _lanes(w0, w1, w2, w3, x1, e)
+            h2 = h2 + _lanes(w0, w1, w2, w3, x2, e)
+            h3 = h3 + _lanes(w0, w1, w2, w3, x3, e)
+        d = wd[b]
+        a0 = _tiled_add(h0, d, xd[t, b], a0)
+        a1 = _tiled_add(h1, d, xd[t + 1, b], a1)
+        a2 = _tiled_add(h2, d, xd[t + 2, b], a2)
+        a3 = _tiled_add(h3, d, xd[t + 3, b], a3)
+    out[t, r] = a0
+    out[t + 1, r] = a1
+    out[t + 2, r] = a2
+    out[t + 3, r] = a3
+
+
+@njit(cache=True, inline="always")
+def _q6_k_tiled_x1(wq, wd, xp, xd, t, out, r):
+    x = xp[t]
+    acc = np.float32(0.0)
+    for b in range(wd.shape[0]):
+        h = vzero()
+        for e in range(b * 256, b * 256 + 256, 32):
+            h = h + _lanes(vload(wq, e), vload(wq, e + 8), vload(wq, e + 16), vload(wq, e + 24), x, e)
+        acc = _tiled_add(h, wd[b], xd[t, b], acc)
+    out[t, r] = acc
+
+
+@njit(cache=True, parallel=True)
+def dot_q6_k_tiled(raw, xq, xd, out):
+    """out[t, r] = W[r] · x[t] for Q6_K weights and Q8_K activations with the arithmetic of ggml's
+    tiled K-quant matmul (llama.cpp's path for batches of 8 or more): bit for bit _tiled.tiled_q6_k."""
+    rows = raw.shape[0]
+    n, k = xq.shape
+    nb = k // 256
+    xp = _lane_major(xq)
+    tasks, parts = _parts(rows)
+    for part in prange(parts):
+        wq = np.empty((ROWS_PER_TASK, k), dtype=np.float32)
+        wd = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
+        for task in range(part * tasks // parts, (part + 1) * tasks // parts):
+            r0 = task * ROWS_PER_TASK
+            count = min(rows, r0 + ROWS_PER_TASK) - r0
+            for i in range(count):
+                _decode_q6_k_tiled(raw[r0 + i], wq[i], wd[i])
+            for t in range(0, n - 3, 4):
+                for i in range(count):
+                    _q6_k_tiled_x4(wq[i], wd[i], xp, xd, t, out, r0 + i)
+            for t in range(n - n % 4, n):
+                for i in range(count):
+                    _q6_k_tiled_x1(wq[i], wd[i], xp, xd, t, out, r0 + i)
     return out
 
 
 # --- Q4_K (llama.cpp repacks it 8 rows at a time on AVX2) -----------------------------------------
 
 
+@njit(cache=True)
+def _q4_k_quants(row, o, j):
+    """Quants (0..15) of sub-block j of the superblock at o, lane-major: chunk j/2's low or high nibbles."""
+    w = load_words(row, o + 16 + 32 * (j >> 1)) >> (4 * (j & 1))
+    return vfloat(w & 15), vfloat((w >> 8) & 15), vfloat((w >> 16) & 15), vfloat((w >> 24) & 15)
+
+
+@njit(cache=True)
+def _q4_k_scales(row, o):
+    """The superblock's eight 6-bit scales and eight mins as float vectors (ggml's kmask unpacking)."""
+    a, b, c = load_u32(row, o + 4), load_u32(row, o + 8), load_u32(row, o + 12)
+    scales = bytes_of(a & 0x3F3F3F3F, (c & 0x0F0F0F0F) | (((a >> 6) & 0x03030303) << 4))
+    mins = bytes_of(b & 0x3F3F3F3F, ((c >> 4) & 0x0F0F0F0F) | (((b >> 6) & 0x03030303) << 4))
+    return scales, mins
+
+
+@njit(cache=True)
+def _q4_k_sums(p0, p1, p2, p3, p4, p5, p6, p7, scales, mins, bs, g):
+    """From the lane sums p_j of the eight sub-blocks: [Σ scale·dot over sub-blocks 0-1, 2-3, 4-5,
+    6-7, then Σ min·bsum likewise]. All exact integers (a pair stays below 2**24)."""
+    dots = add_halves(hadd(hadd(p0, p1), hadd(p2, p3)), hadd(hadd(p4, p5), hadd(p6, p7)))  # per sub-block
+    bsums = pair_sums(vload(bs, g), vload(bs, g + 8))  # per sub-block: its two 16-sums
+    return pair_sums(scales * dots, mins * bsums)
+
+
+@njit(cache=True)
+def _q4_k_add(sums, scale, scale_min, acc, acc_min, per_pair):
+    """ggml's gemm adds each pair of sub-blocks with one fma, its gemv the whole superblock
+    (summed exactly, rounded to float32 once)."""
+    if per_pair:
+        for p in range(4):
+            acc = fma32(lane(sums, p), scale, acc)
+            acc_min = fma32(lane(sums, 4 + p), scale_min, acc_min)
+        return acc, acc_min
+    isum = np.float64(lane(sums, 0)) + np.float64(lane(sums, 1)) + np.float64(lane(sums, 2)) + np.float64(lane(sums, 3))
+    imin = np.float64(lane(sums, 4)) + np.float64(lane(sums, 5)) + np.float64(lane(sums, 6)) + np.float64(lane(sums, 7))
+    return fma32(np.float32(isum), scale, acc), fma32(np.float32(imin), scale_min, acc_min)
+
+
+@njit(cache=True)
+def _q4_k_sub(row, o, j, x, e):
+    """Lane sums of sub-block j, decoded from the row."""
+    q0, q1, q2, q3 = _q4_k_quants(row, o, j)
+    return _lanes(q0, q1, q2, q3, x, e)
+
+
+@njit(cache=True, parallel=True)
+def matvec_q4_k(raw, xq, xd, xbs, out):
+    """out[r] = W[r] · x for one token: dot_q4_k's arithmetic (its gemv), the row decoded on the fly."""
+    rows = raw.shape[0]
+    nb = xq.shape[0] // 256
+    xp = _lane_major(xq.reshape(1, -1))[0]
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            row = raw[r]
+            acc = np.float32(0.0)
+            acc_min = np.float32(0.0)
+            for b in range(nb):
+                o = b * 144
+                e = b * 256
+                scales, mins = _q4_k_scales(row, o)
+                sums = _q4_k_sums(
+                    _q4_k_sub(row, o, 0, xp, e), _q4_k_sub(row, o, 1, xp, e + 32),
+                    _q4_k_sub(row, o, 2, xp, e + 64), _q4_k_sub(row, o, 3, xp, e + 96),
+                    _q4_k_sub(row, o, 4, xp, e + 128), _q4_k_sub(row, o, 5, xp, e + 160),
+                    _q4_k_sub(row, o, 6, xp, e + 192), _q4_k_sub(row, o, 7, xp, e + 224),
+                    scales, mins, xbs, b * 16)
+                acc, acc_min = _q4_k_add(sums, _half(row, o) * xd[b], _half(row, o + 2) * xd[b], acc, acc_min, False)
+            out[r] = acc - acc_min
+    return out
+
+
+# The batch kernel folds each sub-block's scale into its decoded quants (scale·q, at most 945),
+# so that the scaled sum of a pair of sub-blocks is one vector of lane sums (each at most
+# 2·4·945·127 < 2**24, exact), and four such vectors reduce with three hadds.
+
+
 @njit(cache=True, inline="always")
-def _decode_q4_k(row, wq, wsc, wmin, wd, wdmin):
-    """Q4_K quants (0..15) per element, 6-bit scales and mins per 32, d and dmin per 256."""
+def _decode_q4_k_lanes(row, wq, wmin, wd, wdmin):
+    """A row into lane-major scale·quant wq, the mins in _PAIR_ORDER (wmin), d and dmin per 256."""
     for b in range(wd.shape[0]):
         o = b * 144
-        wd[b] = f16_to_f32(load_u16(row, o))
-        wdmin[b] = f16_to_f32(load_u16(row, o + 2))
-        s = o + 4
+        wd[b] = _half(row, o)
+        wdmin[b] = _half(row, o + 2)
+        scales, mins = _q4_k_scales(row, o)
+        for i in range(8):
+            wmin[8 * b + i] = lane(mins, _PAIR_ORDER[i])
         for j in range(8):
-            if j < 4:
-                sc = row[s + j] & 63
-                mn = row[s + j + 4] & 63
-            else:
-                sc = (row[s + j + 4] & 15) | ((row[s + j - 4] >> 6) << 4)
-                mn = (row[s + j + 4] >> 4) | ((row[s + j] >> 6) << 4)
-            wsc[b * 8 + j] = np.float32(sc)
-            wmin[b * 8 + j] = np.float32(mn)
-        for c in range(4):
-            for i in range(32):
-                byte = row[o + 16 + 32 * c + i]
-                wq[b * 256 + 64 * c + i] = np.float32(byte & 15)
-                wq[b * 256 + 64 * c + 32 + i] = np.float32(byte >> 4)
+            sc = vsplat(lane(scales, j))
+            q0, q1, q2, q3 = _q4_k_quants(row, o, j)
+            e = b * 256 + 32 * j
+            vstore(wq, e, sc * q0)
+            vstore(wq, e + 8, sc * q1)
+            vstore(wq, e + 16, sc * q2)
+            vstore(wq, e + 24, sc * q3)
+
+
+# Sub-blocks 0, 2, 4, 6, then 1, 3, 5, 7: add_halves of products in this order sums the pairs.
+_PAIR_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+@njit(cache=True)
+def _bsum_pairs(xbs):
+    """Per token and sub-block, the sum of its two 16-sums, in _PAIR_ORDER per superblock."""
+    n, groups = xbs.shape
+    out = np.empty((n, groups // 2), dtype=np.float32)
+    for t in range(n):
+        for b in range(groups // 16):
+            for i in range(8):
+                j = _PAIR_ORDER[i]
+                out[t, 8 * b + i] = xbs[t, 16 * b + 2 * j] + xbs[t, 16 * b + 2 * j + 1]
+    return out
+
+
+@njit(cache=True)
+def _q4_k_reduce(p0, p1, p2, p3, mins):
+    """[Σ scale·dot of sub-block pairs 0-1, 2-3, 4-5, 6-7, then Σ min·bsum of the same pairs],
+    from the pairs' lane sums p0..p3 and the mins·bsums in _PAIR_ORDER."""
+    return add_halves(hadd(hadd(p0, p1), hadd(p2, p3)), mins)
+
+
+@njit(cache=True)
+def _q4_k_pair(wq, x, e):
+    """Lane sums of the decoded sub-blocks at e and e + 32 against one token."""
+    w = _lanes(vload(wq, e), vload(wq, e + 8), vload(wq, e + 16), vload(wq, e + 24), x, e)
+    f = e + 32
+    return w + _lanes(vload(wq, f), vload(wq, f + 8), vload(wq, f + 16), vload(wq, f + 24), x, f)
+
+
+@njit(cache=True, inline="always")
+def _q4_k_gemv(wq, wmin, wd, wdmin, xp, xd, bp, t):
+    """out[t, r] for a gemv token (one fma per superblock)."""
+    x = xp[t]
+    acc = np.float32(0.0)
+    acc_min = np.float32(0.0)
+    for b in range(wd.shape[0]):
+        e = b * 256
+        sums = _q4_k_reduce(_q4_k_pair(wq, x, e), _q4_k_pair(wq, x, e + 64), _q4_k_pair(wq, x, e + 128),
+                            _q4_k_pair(wq, x, e + 192), vload(wmin, 8 * b) * vload(bp[t], 8 * b))
+        acc, acc_min = _q4_k_add(sums, wd[b] * xd[t, b], wdmin[b] * xd[t, b], acc, acc_min, False)
+    return acc - acc_min
+
+
+@njit(cache=True)
+def _q4_k_pair_x4(wq, e, x0, x1, x2, x3):
+    """_q4_k_pair for four tokens, each weight vector loaded once."""
+    a0, a1, a2, a3 = vload(wq, e), vload(wq, e + 8), vload(wq, e + 16), vload(wq, e + 24)
+    f = e + 32
+    b0, b1, b2, b3 = vload(wq, f), vload(wq, f + 8), vload(wq, f + 16), vload(wq, f + 24)
+    return (_lanes(a0, a1, a2, a3, x0, e) + _lanes(b0, b1, b2, b3, x0, f),
+            _lanes(a0, a1, a2, a3, x1, e) + _lanes(b0, b1, b2, b3, x1, f),
+            _lanes(a0, a1, a2, a3, x2, e) + _lanes(b0, b1, b2, b3, x2, f),
+            _lanes(a0, a1, a2, a3, x3, e) + _lanes(b0, b1, b2, b3, x3, f))
+
+
+@njit(cache=True)
+def _q4_k_half_x4(wq, e, x0, x1, x2, x3):
+    """hadd of the pair lane sums from e and e + 64, for four tokens (half of _q4_k_reduce)."""
+    p0, p1, p2, p3 = _q4_k_pair_x4(wq, e, x0, x1, x2, x3)
+    q0, q1, q2, q3 = _q4_k_pair_x4(wq, e + 64, x0, x1, x2, x3)
+    return hadd(p0, q0), hadd(p1, q1), hadd(p2, q2), hadd(p3, q3)
+
+
+@njit(cache=True)
+def _q4_k_gemm(lo, hi, mins, bp, g, d, dmin, xd, acc, acc_min):
+    """One superblock of one gemm token, from the two halves of its reduction."""
+    sums = add_halves(hadd(lo, hi), mins * vload(bp, g))
+    return _q4_k_add(sums, d * xd, dmin * xd, acc, acc_min, True)
+
+
+@njit(cache=True, inline="always")
+def _q4_k_x4(wq, wmin, wd, wdmin, xp, xd, bp, t, out, r):
+    """out[t:t+4, r] for four gemm tokens in one pass over the decoded row."""
+    x0, x1, x2, x3 = xp[t], xp[t + 1], xp[t + 2], xp[t + 3]
+    c0 = c1 = c2 = c3 = m0 = m1 = m2 = m3 = np.float32(0.0)
+    for b in range(wd.shape[0]):
+        e = b * 256
+        lo0, lo1, lo2, lo3 = _q4_k_half_x4(wq, e, x0, x1, x2, x3)
+        hi0, hi1, hi2, hi3 = _q4_k_half_x4(wq, e + 128, x0, x1, x2, x3)
+        mn, d, dmin, g = vload(wmin, 8 * b), wd[b], wdmin[b], 8 * b
+        c0, m0 = _q4_k_gemm(lo0, hi0, mn, bp[t], g, d, dmin, xd[t, b], c0, m0)
+        c1, m1 = _q4_k_gemm(lo1, hi1, mn, bp[t + 1], g, d, dmin, xd[t + 1, b], c1, m1)
+        c2, m2 = _q4_k_gemm(lo2, hi2, mn, bp[t + 2], g, d, dmin, xd[t + 2, b], c2, m2)
+        c3, m3 = _q4_k_gemm(lo3, hi3, mn, bp[t + 3], g, d, dmin, xd[t + 3, b], c3, m3)
+    out[t, r] = c0 - m0
+    out[t + 1, r] = c1 - m1
+    out[t + 2, r] = c2 - m2
+    out[t + 3, r] = c3 - m3
 
 
 @njit(cache=True, parallel=True)
@@ -272,80 +770,29 @@ def dot_q4_k(raw, xq, xd, xbs, out):
 
     Their gemm (tokens in fours) adds the scaled integer sum of each 64-quant pair of sub-blocks
     with one fma; their gemv (the last n % 4 tokens, and decoding) one fma per 256. Mins likewise.
+    A task decodes its rows once, then runs every token over them.
     """
     rows = raw.shape[0]
     n, k = xq.shape
     nb = k // 256
     gemv_from = n - n % 4
-    for r in prange(rows):
-        wq = np.empty(k, dtype=np.float32)
-        wsc = np.empty(nb * 8, dtype=np.float32)
-        wmin = np.empty(nb * 8, dtype=np.float32)
-        wd = np.empty(nb, dtype=np.float32)
-        wdmin = np.empty(nb, dtype=np.float32)
-        _decode_q4_k(raw[r], wq, wsc, wmin, wd, wdmin)
-        for t in range(n):
-            acc = np.float32(0.0)
-            acc_min = np.float32(0.0)
-            per_pair = t < gemv_from
-            for b in range(nb):
-                scale = wd[b] * xd[t, b]
-                scale_min = wdmin[b] * xd[t, b]
-                isum = 0.0
-                imin = 0.0
-                for j in range(8):
-                    dot = np.float32(0.0)
-                    for i in range(32):
-                        e = b * 256 + j * 32 + i
-                        dot += wq[e] * xq[t, e]
-                    g = b * 16 + 2 * j
-                    isum += np.float64(wsc[b * 8 + j] * dot)
-                    imin += np.float64(wmin[b * 8 + j] * (xbs[t, g] + xbs[t, g + 1]))
-                    if per_pair and j % 2 == 1:
-                        acc = fma32(np.float32(isum), scale, acc)
-                        acc_min = fma32(np.float32(imin), scale_min, acc_min)
-                        isum = 0.0
-                        imin = 0.0
-                if not per_pair:
-                    acc = fma32(np.float32(isum), scale, acc)
-                    acc_min = fma32(np.float32(imin), scale_min, acc_min)
-            out[t, r] = acc - acc_min
-    return out
-
-
-# --- one token at a time: the decode path, streamed once through the cache -------------------------
-
-
-@njit(cache=True, parallel=True)
-def matvec_q32(raw, type_id, xq, xd, xs, out):
-    """out[r] = W[r] · x for one token, the arithmetic of dot_q32 arranged for SIMD.
-
-    Each row is decoded to integer quants in an L1 scratch, the four-product lane sums of all
-    blocks are formed in one strided pass, then each lane takes its fma per block in order.
-    """
-    rows = raw.shape[0]
-    k = xq.shape[0]
-    nb = k // 32
-    with_min = type_id == Q4_1 or type_id == Q5_1
-    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        wq = np.empty(k, dtype=np.float32)
-        wd = np.empty(nb, dtype=np.float32)
-        wm = np.zeros(nb, dtype=np.float32)
-        lanes = np.empty(nb * LANES, dtype=np.float32)
-        acc = np.empty(LANES, dtype=np.float32)
-        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
-            _decode32(raw[r], type_id, wq, wd, wm)
-            for i in range(nb * LANES):
-                lanes[i] = (wq[4 * i] * xq[4 * i] + wq[4 * i + 1] * xq[4 * i + 1]) + (
-                    wq[4 * i + 2] * xq[4 * i + 2] + wq[4 * i + 3] * xq[4 * i + 3])
-            acc[:] = 0.0
-            for b in range(nb):
-                scale = wd[b] * xd[b]
-                for lane in range(LANES):
-                    acc[lane] = fma32(scale, lanes[b * LANES + lane], acc[lane])
-            mins = np.float32(0.0)
-            if with_min:
-                for b in range(nb):
-                    mins = fma32(wm[b], xs[b], mins)
-            out[r] = hsum8(acc) + mins
+    xp = _lane_major(xq)
+    bp = _bsum_pairs(xbs)
+    tasks, parts = _parts(rows)
+    for part in prange(parts):
+        wq = np.empty((ROWS_PER_TASK, k), dtype=np.float32)
+        wmin = np.empty((ROWS_PER_TASK, nb * 8), dtype=np.float32)
+        wd = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
+        wdmin = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
+        for task in range(part * tasks // parts, (part + 1) * tasks // parts):
+            r0 = task * ROWS_PER_TASK
+            count = min(rows, r0 + ROWS_PER_TASK) - r0
+            for i in range(count):
+                _decode_q4_k_lanes(raw[r0 + i], wq[i], wmin[i], wd[i], wdmin[i])
+            for t in range(0, gemv_from, 4):
+                for i in range(count):
+                    _q4_k_x4(wq[i], wmin[i], wd[i], wdmin[i], xp, xd, bp, t, out, r0 + i)
+            for t in range(gemv_from, n):
+                for i in range(count):
+                    out[t, r0 + i] = _q4_k_gemv(wq[i], wmin[i], wd[i], wdmin[i], xp, xd, bp, t)
     return out

@@ -15,10 +15,19 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from ._exact import dot_q4_k, dot_q6_k, dot_q32, matvec_q32, quantize_q8, quantize_q8_k
+from ._exact import (
+    dot_q4_k,
+    dot_q6_k,
+    dot_q6_k_tiled,
+    dot_q32,
+    matvec_q4_k,
+    matvec_q6_k,
+    matvec_q32,
+    quantize_q8,
+    quantize_q8_k,
+)
 from ._inputs import float_rows, packed_rows, read_only
 from ._kernels import block_mins, decode_rows, product_kernel
-from ._tiled import TILED_MIN_BATCH, tiled_q6_k
 from .activations import quantize_activations
 from .types import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, quant_type
 
@@ -141,6 +150,10 @@ def linear(w_raw: np.ndarray, type_id: int, x: np.ndarray, *, impl: str = "avx2"
     return y.reshape(*np.shape(x)[:-1], -1)
 
 
+# llama.cpp sends non-repacked K-quant products of 8 or more tokens through its tiled kernel,
+# whose per-superblock arithmetic differs from the one-token dot product.
+TILED_MIN_BATCH = 8
+
 _EXACT_TYPES = frozenset((Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K))
 _K_TYPES = frozenset((Q4_K, Q6_K))
 
@@ -177,10 +190,14 @@ def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations) -> 
     """act @ W.T for packed rows [rows, row_bytes] (read-only, contiguous): float32 [n, rows]."""
     n = act.q.shape[0]
     out = np.empty((n, rows.shape[0]), np.float32)
-    if type_id == Q4_K:
+    if type_id == Q4_K and n == 1:
+        matvec_q4_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
+    elif type_id == Q4_K:
         dot_q4_k(rows, act.q, act.d, act.extra, out)
+    elif type_id == Q6_K and n == 1:
+        matvec_q6_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
     elif type_id == Q6_K and n >= TILED_MIN_BATCH:
-        tiled_q6_k(rows, act.q, act.d, out)
+        dot_q6_k_tiled(rows, act.q, act.d, out)
     elif type_id == Q6_K:
         dot_q6_k(rows, act.q, act.d, act.extra, out)
     elif n == 1:
