@@ -22,10 +22,11 @@ def perplexity(
     model: str = typer.Option(None, "-m", "--model", help="GGUF model path (default: SmolLM2-135M-Instruct)."),
     file: str = typer.Option(None, "-f", "--file", help="The text to score (HellaSwag: the task file)."),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk; the second half is scored."),
-    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Tokens per forward pass (at most 512 used)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="As llama.cpp's -b: b/c chunks "
+                                 "share each pass, stepped through in 512-token ubatches."),
     chunks: int = typer.Option(-1, "--chunks", help="Score at most this many chunks (-1: all)."),
     threads: int = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
-    output_format: str = typer.Option("text", "-o", "--output-format", help="text or json."),
+    output_format: str = typer.Option("text", "-o", "--output", help="text or json."),
     kl_base: str = typer.Option(None, "--kl-divergence-base", help="Save the base model's log-probs here "
                                  "(or, with --kl-divergence, read them from here)."),
     kl_divergence: bool = typer.Option(False, "--kl-divergence", help="Compare the model against "
@@ -37,6 +38,8 @@ def perplexity(
 ) -> None:
     if output_format not in ("text", "json"):
         fail(f"unknown output format {output_format!r} (-o): use text or json")
+    if kl_divergence and hellaswag:
+        fail("--kl-divergence and --hellaswag are separate runs: give one of them")
     if kl_divergence and kl_base is None:
         fail("--kl-divergence needs --kl-divergence-base FILE, the base model's saved log-probs")
     if not kl_divergence and file is None:
@@ -186,12 +189,13 @@ def compare_with_base(model, base_path, n_batch, max_chunks, as_json) -> None:
 
 def print_kl_summary(s: dict, top_k: int) -> None:
     pct = 100.0
+    correlation = "n/a" if s["ln_ppl_correlation"] is None else f"{pct * s['ln_ppl_correlation']:11.2f} %"
     lines = [
         "",
         "Perplexity",
         f"  PPL(Q)                    {s['ppl']:12.6f} ± {s['ppl_err']:.6f}",
         f"  PPL(base)                 {s['ppl_base']:12.6f} ± {s['ppl_base_err']:.6f}",
-        f"  correlation of ln PPLs    {pct * s['ln_ppl_correlation']:11.2f} %",
+        f"  correlation of ln PPLs    {correlation}",
         f"  ln(PPL(Q)/PPL(base))      {s['ln_ppl_ratio']:12.6f} ± {s['ln_ppl_ratio_err']:.6f}",
         f"  PPL(Q)/PPL(base)          {s['ppl_ratio']:12.6f} ± {s['ppl_ratio_err']:.6f}",
         f"  PPL(Q)-PPL(base)          {s['ppl_diff']:12.6f} ± {s['ppl_diff_err']:.6f}",

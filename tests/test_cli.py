@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFWriter
-
 from conftest import model_path
+from gguf import GGUFWriter
 
 LLAMAPY = [sys.executable, "-m", "llamapy.commands.main"]
 
