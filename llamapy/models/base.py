@@ -6,7 +6,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kv_cache import KVCache
-from .blocks import Linear, RopeCache, Weights, norm
+from .blocks import AttentionLayer, FeedForward, Linear, RopeCache, Weights, norm
 
 
 class DecoderModel:
@@ -57,6 +57,22 @@ class DecoderModel:
 
     def layer_forward(self, x, layer, cache, pos0, rope: RopeCache) -> np.ndarray:
         raise NotImplementedError
+
+
+def layer_attention(weights: Weights, config: ModelConfig, layer: int, rope_mode: int, **options) -> AttentionLayer:
+    """The standard blk.N.attn_{q,k,v,output} self-attention of one layer (options: q/k norms, window)."""
+    c = config
+    return AttentionLayer(
+        layer_linear(weights, layer, "attn_q"), layer_linear(weights, layer, "attn_k"),
+        layer_linear(weights, layer, "attn_v"), layer_linear(weights, layer, "attn_output"),
+        c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, rope_mode, **options,
+    )
+
+
+def layer_feed_forward(weights: Weights, layer: int, activation: str) -> FeedForward:
+    """The gated blk.N.ffn_{gate,up,down} feed-forward of one layer."""
+    return FeedForward(layer_linear(weights, layer, "ffn_gate"), layer_linear(weights, layer, "ffn_up"),
+                       layer_linear(weights, layer, "ffn_down"), activation)
 
 
 def layer_linear(weights: Weights, layer: int, name: str) -> Linear:

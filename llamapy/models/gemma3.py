@@ -6,8 +6,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kernels.rope import ROPE_NEOX
-from .base import DecoderModel, layer_linear, layer_vector
-from .blocks import AttentionLayer, FeedForward, Weights, norm
+from .base import DecoderModel, layer_attention, layer_feed_forward, layer_vector
+from .blocks import Weights, norm
 
 SWA_PATTERN = 6  # every 6th layer attends globally, the others through the sliding window
 
@@ -26,16 +26,13 @@ class Gemma3(DecoderModel):
         w, c = self.weights, self.config
         return {
             "attn_norm": layer_vector(w, i, "attn_norm"),
-            "attn": AttentionLayer(
-                layer_linear(w, i, "attn_q"), layer_linear(w, i, "attn_k"), layer_linear(w, i, "attn_v"),
-                layer_linear(w, i, "attn_output"), c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, ROPE_NEOX,
-                q_norm=layer_vector(w, i, "attn_q_norm"), k_norm=layer_vector(w, i, "attn_k_norm"),
+            "attn": layer_attention(
+                w, c, i, ROPE_NEOX, q_norm=layer_vector(w, i, "attn_q_norm"), k_norm=layer_vector(w, i, "attn_k_norm"),
                 norm_eps=c.rms_eps, window=c.sliding_window if self.is_swa[i] else 0,
             ),
             "attn_post_norm": layer_vector(w, i, "post_attention_norm"),
             "ffn_norm": layer_vector(w, i, "ffn_norm"),
-            "ffn": FeedForward(layer_linear(w, i, "ffn_gate"), layer_linear(w, i, "ffn_up"),
-                               layer_linear(w, i, "ffn_down"), "gelu"),
+            "ffn": layer_feed_forward(w, i, "gelu"),
             "ffn_post_norm": layer_vector(w, i, "post_ffw_norm"),
         }
 

@@ -6,8 +6,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kernels.rope import ROPE_NORMAL
-from .base import DecoderModel, layer_linear, layer_vector
-from .blocks import AttentionLayer, FeedForward, Weights, norm
+from .base import DecoderModel, layer_attention, layer_feed_forward, layer_vector
+from .blocks import Weights, norm
 
 
 class Llama(DecoderModel):
@@ -17,16 +17,12 @@ class Llama(DecoderModel):
         self.attn_scale = 1.0 / np.sqrt(config.head_dim)
 
     def _load_layer(self, i: int) -> dict:
-        w, c = self.weights, self.config
+        w = self.weights
         return {
             "attn_norm": layer_vector(w, i, "attn_norm"),
-            "attn": AttentionLayer(
-                layer_linear(w, i, "attn_q"), layer_linear(w, i, "attn_k"), layer_linear(w, i, "attn_v"),
-                layer_linear(w, i, "attn_output"), c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, ROPE_NORMAL,
-            ),
+            "attn": layer_attention(w, self.config, i, ROPE_NORMAL),
             "ffn_norm": layer_vector(w, i, "ffn_norm"),
-            "ffn": FeedForward(layer_linear(w, i, "ffn_gate"), layer_linear(w, i, "ffn_up"),
-                               layer_linear(w, i, "ffn_down"), "silu"),
+            "ffn": layer_feed_forward(w, i, "silu"),
         }
 
     def layer_forward(self, x, layer, cache, pos0, rope):
