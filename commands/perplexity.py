@@ -120,11 +120,9 @@ def score_text(model, text, n_ctx, n_batch, max_chunks, base_path, top_k, as_jso
     running, last = [], None
     started = time.perf_counter()
     with progress_bar(n_chunks, "chunk", "perplexity") as bar:
-        for chunk in perplexity(m, tokens, n_ctx, n_batch, n_chunks):
+        for chunk in perplexity(m, tokens, n_ctx, n_batch, n_chunks, recorder):
             running.append(chunk.running_ppl)
             line.add(chunk.index, chunk.running_ppl)
-            if recorder:
-                recorder.add(chunk)
             bar.set_postfix_str(f"PPL {chunk.running_ppl:.4f}", refresh=False)
             bar.update()
             last = chunk
