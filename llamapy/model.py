@@ -41,9 +41,10 @@ class Model:
     def new_cache(self, n_ctx: int) -> KVCache:
         return self.net.new_cache(n_ctx)
 
-    def forward(self, ids, cache: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Extend `cache` with ids; logits [1 or len(ids), n_vocab] float32."""
-        return self.net.forward(np.asarray(ids, dtype=np.int64), cache, all_logits=all_logits)
+    def forward(self, ids, cache: KVCache, all_logits: bool = False, logits_from: int | None = None) -> np.ndarray:
+        """Extend `cache` with ids; logits float32 [n, n_vocab] of the last token (n = 1), of every
+        token (all_logits), or of ids[logits_from:]."""
+        return self.net.forward(np.asarray(ids, dtype=np.int64), cache, all_logits=all_logits, logits_from=logits_from)
 
     def logits(self, ids, n_batch: int = 512) -> np.ndarray:
         """Logits at every position of ids, in a fresh context: [len(ids), n_vocab] float32."""

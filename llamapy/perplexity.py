@@ -13,7 +13,6 @@ Everything here returns numbers or yields progress; printing is left to the comm
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -159,35 +158,14 @@ def pass_sizes(n_chunks: int, n_ctx: int, n_batch: int) -> list[int]:
     return [min(n_seq, n_chunks - i + i % n_seq) for i in range(n_chunks)]
 
 
-@contextlib.contextmanager
-def _head_only_from(net, start: int):
-    """Have the output head compute rows start.. only, as llama.cpp's output mask does.
-
-    The head is the largest matrix of a small model (Gemma 3 270M: over half of a forward pass), and
-    perplexity needs only the scored half of each chunk. The head works row by row, so the logits are
-    the same as those of a full pass.
-    """
-    head, own = net.head, net.__dict__.get("head")
-    net.head = lambda x: head(x[start:])
-    try:
-        yield
-    finally:
-        if own is None:
-            del net.head
-        else:
-            net.head = own
-
-
 def forward_rows(model, ids: np.ndarray, cache, start: int) -> np.ndarray:
     """Extend the cache with ids; logits of ids[start:] only, float32 [len(ids) - start, n_vocab]."""
     if start >= len(ids):
         model.forward(ids, cache)
         return np.zeros((0, model.config.n_vocab), np.float32)
-    net = getattr(model, "net", None)
-    guard = _head_only_from(net, start) if start > 0 and hasattr(net, "head") else contextlib.nullcontext()
-    with guard:
-        logits = model.forward(ids, cache, all_logits=True)
-    return logits if len(logits) == len(ids) - start else logits[start:]
+    # Only the scored rows go through the output head, as llama.cpp's output mask does: the head is
+    # the largest matrix of a small model, and it works row by row, so the logits are unchanged.
+    return model.forward(ids, cache, logits_from=start)
 
 
 def scored_logits(model, chunk: np.ndarray, cache, step: int, out: np.ndarray) -> np.ndarray:

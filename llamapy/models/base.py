@@ -33,8 +33,10 @@ class DecoderModel:
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         return self.tok_embd.rows_f32(tokens)
 
-    def forward(self, tokens: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Run tokens at positions cache.n_past.., extend the cache; logits of the last (or every) token."""
+    def forward(self, tokens: np.ndarray, cache: KVCache, all_logits: bool = False,
+                logits_from: int | None = None) -> np.ndarray:
+        """Run tokens at positions cache.n_past.., extend the cache; logits of the last token, of every
+        token (all_logits), or of tokens[logits_from:] (the output head is the largest matrix)."""
         tokens = np.asarray(tokens, dtype=np.int64)
         n = len(tokens)
         pos0 = cache.n_past
@@ -44,7 +46,9 @@ class DecoderModel:
         for layer in range(self.config.n_layer):
             x = self.layer_forward(x, layer, cache, pos0, rope)
         cache.n_past = pos0 + n
-        if not all_logits:
+        if logits_from is not None:
+            x = x[logits_from:]
+        elif not all_logits:
             x = x[-1:]
         return self.head(x)
 
