@@ -49,7 +49,6 @@ from ._bits import (
 )
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
-LANES = 8
 ROWS_PER_TASK = 16
 
 
