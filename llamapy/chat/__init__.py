@@ -1,0 +1,1 @@
+"""Chat: templates (jinja2 sandbox and built-ins) and conversation state."""

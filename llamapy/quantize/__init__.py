@@ -1,0 +1,1 @@
+"""Quantizers: per-type quantizers, llama-quantize mixes, imatrix weighting."""
