@@ -14,6 +14,8 @@ class KVCache:
 
     Values are float16-rounded (as llama.cpp's f16 cache) but stored as float32, since numba has no
     float16 on the CPU. np.zeros maps untouched pages lazily, so memory grows with use, not n_ctx.
+    Cells 0..n_past-1 are valid; the next forward pass writes at position n_past. Forgetting the tail
+    (trim) only moves n_past back: attention never reads beyond it, so stale cells need no clearing.
     """
 
     def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int):
@@ -21,6 +23,10 @@ class KVCache:
         self.k = [np.zeros((n_ctx, n_head_kv, head_dim), dtype=np.float32) for _ in range(n_layer)]
         self.v = [np.zeros((n_ctx, n_head_kv, head_dim_v), dtype=np.float32) for _ in range(n_layer)]
         self.n_past = 0
+
+    @property
+    def n_free(self) -> int:
+        return self.n_ctx - self.n_past
 
     def check_room(self, pos0: int, n: int) -> None:
         if pos0 + n > self.n_ctx:
@@ -33,6 +39,12 @@ class KVCache:
 
     def view(self, layer: int, n_filled: int) -> tuple[np.ndarray, np.ndarray]:
         return self.k[layer][:n_filled], self.v[layer][:n_filled]
+
+    def trim(self, n: int) -> None:
+        """Forget every cached position from n on (llama_memory_seq_rm(seq, n, -1))."""
+        if n < 0:
+            raise ValueError(f"cannot trim the cache to {n} positions")
+        self.n_past = min(self.n_past, n)
 
     def clear(self) -> None:
         self.n_past = 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from .chat.format import ChatFormat, chat_format
 from .config import ModelConfig
 from .generate import GenerationStep, generate
 from .gguf.reader import GGUFFile
@@ -14,6 +15,7 @@ from .kv_cache import KVCache
 from .models import build_model, check_architecture
 from .models.blocks import Weights
 from .sampling import SamplingParams
+from .session import Session
 from .tokenizer import Tokenizer
 
 
@@ -55,12 +57,41 @@ class Model:
 
     # --- text generation ----------------------------------------------------------------------
 
+    def session(self, n_ctx: int, n_batch: int = 512) -> Session:
+        """A KV cache of n_ctx positions and its token history, kept across generate calls."""
+        return Session(self, n_ctx, n_batch)
+
     def generate(self, prompt: str | list[int], n_predict: int = 32, n_ctx: int | None = None,
-                 n_batch: int = 512, **sampling) -> Iterator[GenerationStep]:
-        """Yield one GenerationStep per generated token (token id, text piece, timings)."""
+                 n_batch: int = 512, session: Session | None = None, stop: Iterable[str] = (),
+                 **sampling) -> Iterator[GenerationStep]:
+        """Yield one GenerationStep per generated token (token id, text piece, timings).
+
+        Without a session the model keeps one of its own per context size, so a prompt that shares a
+        prefix with the previous call's (prompt + output) only evaluates what is new.
+        """
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        n_ctx = n_ctx or min(self.config.n_ctx_train, len(ids) + max(n_predict, 0) + 1)
-        return generate(self, ids, n_predict, SamplingParams(**sampling), n_ctx=n_ctx, n_batch=n_batch)
+        if session is None:
+            n_ctx = n_ctx or min(self.config.n_ctx_train, len(ids) + max(n_predict, 0) + 1)
+            session = self._own_session(n_ctx, n_batch)
+        return generate(session, ids, n_predict, SamplingParams(**sampling), stop=stop)
+
+    def _own_session(self, n_ctx: int, n_batch: int) -> Session:
+        held = getattr(self, "_session", None)
+        if held is None or held.n_ctx != n_ctx:
+            held = self._session = Session(self, n_ctx, n_batch)
+        held.n_batch = n_batch
+        return held
+
+    # --- chat ---------------------------------------------------------------------------------
+
+    def chat_format(self, chat_template: str | None = None) -> ChatFormat:
+        """The chat format: chat_template is a built-in's name, a Jinja text, or None (the model's own)."""
+        return chat_format(self, chat_template)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            chat_template: str | None = None, tools: list | None = None) -> str:
+        """The conversation as the template writes it, as transformers' apply_chat_template(tokenize=False)."""
+        return chat_format(self, chat_template).render(messages, add_generation_prompt, tools=tools)
 
 
 def load(path: str | os.PathLike | None = None) -> Model:
