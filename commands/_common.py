@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from llamapy.chat.templates import ChatTemplateError
 from llamapy.config import ConfigError
 from llamapy.gguf.reader import GGUFError
 from llamapy.hub import ModelNotFound
@@ -18,7 +19,8 @@ from llamapy.quants.types import UnsupportedQuantType
 # Errors a user can cause with bad input: reported as one line, never as a traceback.
 USER_ERRORS = (
     FileNotFoundError, IsADirectoryError, PermissionError, GGUFError, ModelNotFound, ContextFull,
-    UnknownArchitecture, UnsupportedQuantType, MissingTensor, ConfigError, ValueError, UnicodeDecodeError,
+    UnknownArchitecture, UnsupportedQuantType, MissingTensor, ConfigError, ChatTemplateError, ValueError,
+    UnicodeDecodeError,
 )
 
 
@@ -56,11 +58,19 @@ def set_threads(n: int | None) -> None:
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
-def open_model(spec: str | None):
-    from llamapy.hub import resolve_model
+def open_model(spec: str | None, hf_repo: str | None = None):
+    """-m PATH (default model when None) or -hf user/repo[:QUANT]."""
     from llamapy.model import Model
 
-    return Model(resolve_model(spec))
+    return Model(model_path(spec, hf_repo))
+
+
+def model_path(spec: str | None, hf_repo: str | None = None):
+    from llamapy.hub import resolve_hf, resolve_model
+
+    if hf_repo and spec:
+        raise ValueError("give either -m or -hf, not both")
+    return resolve_hf(hf_repo) if hf_repo else resolve_model(spec)
 
 
 def sampling_options(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed) -> dict:

@@ -36,6 +36,8 @@ def bench(
     pg: Pairs = None,
     n_batch: Batches = None,
     threads: Threads = None,
+    hf_repo: str = typer.Option(None, "-hf", "--hf-repo", help="Hugging Face repo user/repo[:QUANT], benched "
+                                "after any -m models."),
     reps: int = typer.Option(5, "-r", "--repetitions", help="Timed runs of each test."),
     output: str = typer.Option("md", "-o", "--output", help="Output format: md, csv, json or jsonl."),
     progress: bool = typer.Option(False, "--progress", help="Progress lines on stderr."),
@@ -45,7 +47,7 @@ def bench(
     import numba
 
     from llamapy import bench as lb
-    from llamapy.hub import resolve_model
+    from llamapy.hub import resolve_hf, resolve_model
 
     if output not in lb.FORMATS:
         fail(f"unknown output format {output!r} for -o (one of: {', '.join(lb.FORMATS)})")
@@ -56,7 +58,9 @@ def bench(
     _check_threads(thread_counts, numba.config.NUMBA_NUM_THREADS)
     if min(batches) < 1:
         fail("-b must be at least 1")
-    paths = [str(resolve_model(m)) for m in _models(model)]
+    paths = [str(resolve_model(m)) for m in (_models(model) if model or not hf_repo else [])]
+    if hf_repo:
+        paths.append(str(resolve_hf(hf_repo)))
     _check_models(paths)
     tests = lb.plan(paths, _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]), _ints("-n", n_gen, [lb.DEFAULT_N_GEN]),
                     _pairs(pg), batches, thread_counts)

@@ -6,7 +6,7 @@ import typer
 
 from llamapy import __version__
 
-from . import bench, perplexity, run, simple
+from . import bench, chat, perplexity, run, simple
 
 app = typer.Typer(
     name="llamapy",
@@ -31,6 +31,7 @@ def main(
     """llama.cpp's tools in Python: run GGUF language models on the CPU."""
 
 
+app.command("chat", help="Chat with a model in the terminal, as llama-cli's conversation mode.")(chat.chat)
 app.command("simple", help="Greedy continuation of a prompt, as llama-simple.")(simple.simple)
 app.command("run", help="Generate from a prompt with sampling, as llama-run.")(run.run)
 app.command("bench", help="Prompt and generation speed, as llama-bench.")(bench.bench)

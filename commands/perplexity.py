@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import fail, open_model, set_threads, user_errors
+from ._common import fail, model_path, open_model, set_threads, user_errors
 
 PASS_TOKENS = 2048  # llama.cpp reports "seconds per pass": one batch of its default -b 2048 tokens
 
@@ -20,6 +20,7 @@ PASS_TOKENS = 2048  # llama.cpp reports "seconds per pass": one batch of its def
 @user_errors
 def perplexity(
     model: str = typer.Option(None, "-m", "--model", help="GGUF model path (default: SmolLM2-135M-Instruct)."),
+    hf_repo: str = typer.Option(None, "-hf", "--hf-repo", help="Hugging Face repo user/repo[:QUANT]."),
     file: str = typer.Option(None, "-f", "--file", help="The text to score (HellaSwag: the task file)."),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk; the second half is scored."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", help="As llama.cpp's -b: b/c chunks "
@@ -44,6 +45,8 @@ def perplexity(
         fail("--kl-divergence needs --kl-divergence-base FILE, the base model's saved log-probs")
     if not kl_divergence and file is None:
         fail("no text to score: give it with -f FILE")
+    if hf_repo:
+        model = str(model_path(model, hf_repo))
     set_threads(threads)
     as_json = output_format == "json"
     if kl_divergence:

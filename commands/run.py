@@ -22,6 +22,7 @@ def looks_like_model(arg: str) -> bool:
 def run(
     model: str = typer.Argument(None, help="GGUF model path; omitted: SmolLM2-135M-Instruct."),
     prompt: str = typer.Argument(None, help="The prompt; omitted: read from stdin."),
+    hf_repo: str = typer.Option(None, "-hf", "--hf-repo", help="Hugging Face repo user/repo[:QUANT]."),
     n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens to generate (-1: until end or full context)."),
     ctx_size: int = typer.Option(DEFAULT_CTX, "-c", "--ctx-size", help="Context size in tokens."),
     threads: int = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
@@ -37,7 +38,7 @@ def run(
 ) -> None:
     launched = time.perf_counter()
     set_threads(threads)
-    if prompt is None and model is not None and not looks_like_model(model):
+    if prompt is None and model is not None and (hf_repo or not looks_like_model(model)):
         model, prompt = None, model  # `llamapy run "some prompt"`: the default model
     if prompt is None:
         if sys.stdin.isatty():
@@ -45,7 +46,7 @@ def run(
         prompt = sys.stdin.read()
     if ctx_size <= 0:
         fail(f"context size must be positive, got {ctx_size}")
-    m = open_model(model)
+    m = open_model(model, hf_repo)
     options = sampling_options(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
     timings = None
     for step in m.generate(prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size, **options):

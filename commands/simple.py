@@ -13,11 +13,12 @@ from ._common import open_model, set_threads, user_errors
 def simple(
     prompt: str = typer.Argument("Hello my name is", help="The prompt."),
     model: str = typer.Option(None, "-m", "--model", help="GGUF model path (default: SmolLM2-135M-Instruct)."),
+    hf_repo: str = typer.Option(None, "-hf", "--hf-repo", help="Hugging Face repo user/repo[:QUANT]."),
     n_predict: int = typer.Option(32, "-n", "--n-predict", help="Number of tokens to generate."),
     threads: int = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
 ) -> None:
     set_threads(threads)
-    m = open_model(model)
+    m = open_model(model, hf_repo)
     ids = m.tokenize(prompt)
     out = sys.stdout
     out.write(prompt)

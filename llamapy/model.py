@@ -10,7 +10,7 @@ import numpy as np
 from .chat.format import ChatFormat, chat_format
 from .config import ModelConfig
 from .generate import GenerationStep, generate
-from .gguf.reader import GGUFFile
+from .gguf.split import open_gguf as GGUFFile  # split-aware: a -00001-of-0000N.gguf shard opens them all
 from .kv_cache import KVCache
 from .models import build_model, check_architecture
 from .models.blocks import Weights
