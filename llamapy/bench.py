@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import __version__
+from .quants.types import FILE_TYPE_NAMES, QUANT_TYPES
 
 DEFAULT_N_PROMPT = 512
 DEFAULT_N_GEN = 128
@@ -32,23 +33,11 @@ DEFAULT_N_BATCH = 2048  # llama-bench's default; the engine runs a whole batch i
 DEFAULT_REPS = 5
 FORMATS = ("md", "csv", "json", "jsonl")
 
-# general.file_type → the name llama.cpp prints (llama_ftype_name); gaps are types llama.cpp removed.
-FTYPE_NAMES = {
-    0: "all F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-    10: "Q2_K - Medium", 11: "Q3_K - Small", 12: "Q3_K - Medium", 13: "Q3_K - Large",
-    14: "Q4_K - Small", 15: "Q4_K - Medium", 16: "Q5_K - Small", 17: "Q5_K - Medium", 18: "Q6_K",
-    19: "IQ2_XXS - 2.0625 bpw", 20: "IQ2_XS - 2.3125 bpw", 21: "Q2_K - Small", 22: "IQ3_XS - 3.3 bpw",
-    23: "IQ3_XXS - 3.0625 bpw", 24: "IQ1_S - 1.5625 bpw", 25: "IQ4_NL - 4.5 bpw", 26: "IQ3_S - 3.4375 bpw",
-    27: "IQ3_S mix - 3.66 bpw", 28: "IQ2_S - 2.5 bpw", 29: "IQ2_M - 2.7 bpw", 30: "IQ4_XS - 4.25 bpw",
-    31: "IQ1_M - 1.75 bpw", 32: "BF16", 36: "TQ1_0 - 1.69 bpw ternary", 37: "TQ2_0 - 2.06 bpw ternary",
-    38: "MXFP4 MoE", 39: "NVFP4", 40: "Q1_0", 41: "Q2_0",
-}
+# general.file_type → the name llama.cpp prints, and the file type a tensor type names: the registry's.
+FTYPE_NAMES = FILE_TYPE_NAMES
 # Without general.file_type llama.cpp names the file after its most common tensor type, K-quants as
 # their "Medium" mix, and marks the name as guessed.
-_FTYPE_OF_TENSOR_TYPE = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 12,
-    "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "BF16": 32,
-}
+_FTYPE_OF_TENSOR_TYPE = {t.name: t.file_type for t in QUANT_TYPES.values() if t.file_type is not None}
 
 
 # --- parameters -------------------------------------------------------------------------------------

@@ -18,9 +18,7 @@ from ..kv_cache import KVCache
 from ..quants import get_rows, linear
 from ..quants._inputs import packed_rows
 from ..quants.products import QuantizedActivations, exact_product, is_exact, quantize_for
-from ..quants.types import Q4_K, Q6_K
-
-K_QUANTS = (Q4_K, Q6_K)
+from ..quants.types import quant_type
 
 
 class MissingTensor(ValueError):
@@ -28,14 +26,23 @@ class MissingTensor(ValueError):
 
 
 class Linear:
-    """y = x @ W.T with W [n_out, n_in] kept as raw GGUF blocks."""
+    """y = x @ W.T with W [n_out, n_in] kept as raw GGUF blocks.
 
-    def __init__(self, raw: np.ndarray, type_id: int, n_in: int, n_out: int):
+    `Linear.observer`, when set, is called as observer(name, x) with the float32 activations
+    entering every named product: how the imatrix collector sees the forward pass.
+    """
+
+    observer = None
+
+    def __init__(self, raw: np.ndarray, type_id: int, n_in: int, n_out: int, name: str | None = None):
+        self.name = name
         self.raw = raw
         self.type_id = type_id
         self.n_in = n_in
         self.n_out = n_out
         self.exact = is_exact(type_id)
+        # Whether this weight's exact product takes Q8_K activations (registry lookup, once).
+        self.super_blocks = quant_type(type_id).exact == "k"
         self.rows = packed_rows(raw, type_id, n_in) if self.exact else raw
 
     def quantize(self, x: np.ndarray) -> QuantizedActivations | None:
@@ -43,9 +50,11 @@ class Linear:
         return quantize_for(self.type_id, np.ascontiguousarray(x, dtype=np.float32)) if self.exact else None
 
     def __call__(self, x: np.ndarray, act: QuantizedActivations | None = None) -> np.ndarray:
+        if Linear.observer is not None and self.name is not None:
+            Linear.observer(self.name, x)
         if not self.exact:
             return linear(self.raw, self.type_id, x)
-        if act is None or act.super_blocks != (self.type_id in K_QUANTS):
+        if act is None or act.super_blocks != self.super_blocks:
             act = self.quantize(x)
         return exact_product(self.rows, self.type_id, act)
 
@@ -67,7 +76,7 @@ class Weights:
         info = self._info(name)
         n_in = info.shape[0]
         n_out = info.n_elements // n_in
-        return Linear(self.gguf.raw(name), info.type_id, n_in, n_out)
+        return Linear(self.gguf.raw(name), info.type_id, n_in, n_out, name)
 
     def vector(self, name: str) -> np.ndarray:
         self._info(name)

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import f16_to_f32, f32_as_u32, load_f32, load_u16, load_u32, round_f16, shr32, u32_as_f32
-from .types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, Q8_1, Q8_K
+from .types import BF16, F16, F32, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, Q8_1, Q8_K
 
 # ---------------------------------------------------------------- helpers
 
@@ -124,6 +124,25 @@ def _dec_q8_0(row, out):
         d = _half(row, o)
         for j in range(32 * one):
             out[y + j] = np.float32(np.int8(row[o + 2 + j])) * d
+
+
+# IQ4_NL's 16 non-linear levels (ggml's kvalues_iq4nl), indexed by each 4-bit code.
+_IQ4_NL_LEVELS = np.array(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32
+)
+
+
+@njit(cache=True)
+def _dec_iq4_nl(row, out):
+    n_blocks, one = _geometry(row, out, 18, 32)
+    levels = _IQ4_NL_LEVELS
+    for b in range(n_blocks):
+        o, y = b * 18, b * 32
+        d = _half(row, o)
+        for j in range(16 * one):
+            v = row[o + 2 + j]
+            out[y + j] = d * levels[v & 15]
+            out[y + 16 + j] = d * levels[v >> 4]
 
 
 # ---------------------------------------------------------------- 256-wide super-blocks
@@ -312,6 +331,8 @@ def decode_row(type_id, row, out, corr):
         _dec_q5_k(row, out)
     elif type_id == Q6_K:
         _dec_q6_k(row, out)
+    elif type_id == IQ4_NL:
+        _dec_iq4_nl(row, out)
     elif type_id == F16:
         _dec_f16(row, out)
     elif type_id == BF16:

@@ -29,7 +29,7 @@ from ._exact import (
 from ._inputs import float_rows, packed_rows, read_only
 from ._kernels import block_mins, decode_rows, product_kernel
 from .activations import quantize_activations
-from .types import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, quant_type
+from .types import Q4_K, Q6_K, quant_type
 
 # Tile of decoded rows for the BLAS variant: ~1 MiB of float32 stays in L2
 # while BLAS sweeps the batch over it (measured flat from 0.5 to 2 MiB).
@@ -37,7 +37,7 @@ _TILE_BYTES = 1 << 20
 
 
 def _uses_correction(type_id: int) -> bool:
-    return int(type_id) in (Q4_1, Q5_1)
+    return quant_type(type_id).min_correction
 
 
 def matvec(
@@ -151,16 +151,14 @@ def linear(w_raw: np.ndarray, type_id: int, x: np.ndarray, *, impl: str = "avx2"
 
 
 # llama.cpp sends non-repacked K-quant products of 8 or more tokens through its tiled kernel,
-# whose per-superblock arithmetic differs from the one-token dot product.
-TILED_MIN_BATCH = 8
-
-_EXACT_TYPES = frozenset((Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K))
-_K_TYPES = frozenset((Q4_K, Q6_K))
+# whose per-superblock arithmetic differs from the one-token dot product (the registry's
+# `tiled_min_batch`; Q6_K's value, kept here for callers that name it).
+TILED_MIN_BATCH = quant_type(Q6_K).tiled_min_batch
 
 
 def is_exact(type_id: int) -> bool:
     """Whether llama.cpp's own arithmetic is reproduced bit for bit for this weight type."""
-    return int(type_id) in _EXACT_TYPES
+    return quant_type(type_id).exact is not None
 
 
 class QuantizedActivations(NamedTuple):
@@ -177,7 +175,7 @@ def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
     """Quantize float32 activations [n, k] (C-contiguous) for products with `type_id` weights."""
     n, k = x.shape
     q = np.empty((n, k), np.float32)
-    if int(type_id) in _K_TYPES:
+    if quant_type(type_id).exact == "k":
         d, extra = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
         quantize_q8_k(x, q, d, extra)
         return QuantizedActivations(True, q, d, extra)
@@ -190,13 +188,14 @@ def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations) -> 
     """act @ W.T for packed rows [rows, row_bytes] (read-only, contiguous): float32 [n, rows]."""
     n = act.q.shape[0]
     out = np.empty((n, rows.shape[0]), np.float32)
+    tiled = quant_type(type_id).tiled_min_batch
     if type_id == Q4_K and n == 1:
         matvec_q4_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
     elif type_id == Q4_K:
         dot_q4_k(rows, act.q, act.d, act.extra, out)
     elif type_id == Q6_K and n == 1:
         matvec_q6_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
-    elif type_id == Q6_K and n >= TILED_MIN_BATCH:
+    elif type_id == Q6_K and n >= tiled:
         dot_q6_k_tiled(rows, act.q, act.d, out)
     elif type_id == Q6_K:
         dot_q6_k(rows, act.q, act.d, act.extra, out)

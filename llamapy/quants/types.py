@@ -1,7 +1,16 @@
-"""The ggml tensor types llamapy can read, with their block geometry.
+"""The quant registry: every ggml tensor type llamapy knows, described in one table.
 
 A row of `n_cols` values of a quantized type is stored as `n_cols / block_size`
 blocks of `type_size` bytes each; rows are packed back to back in the GGUF data.
+
+Each `QuantType` entry says everything the other modules look up: geometry, name, the
+activation format of its products (`vec_dot_type`), which bit-exact product family runs it
+(`exact`: "q32" for Q8_0/Q8_1 blocks, "k" for Q8_K super-blocks, None for the generic
+fake-quantized path) and from what batch the tiled kernel takes over, whether its products
+carry the Q8_1 min correction, the file type it names, and whether `llamapy quantize` can
+produce it.  The decoder and quantizer kernels dispatch on `type_id` inside numba
+(quants/_kernels.py `decode_row`, quantize/_kernels.py `quantize_row`): adding a type is one
+entry here plus its kernels there.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ Q4_K = 12
 Q5_K = 13
 Q6_K = 14
 Q8_K = 15
+IQ4_NL = 20
 BF16 = 30
 
 QK_K = 256
@@ -40,30 +50,68 @@ class QuantType(NamedTuple):
     type_size: int
     # The type llama.cpp converts the activations to before the dot product.
     vec_dot_type: int
+    # Bit-exact product family (products.py): "q32", "k", or None for the generic path.
+    exact: str | None = None
+    # Batches of at least this many tokens take ggml's tiled arithmetic (None: never).
+    tiled_min_batch: int | None = None
+    # Products add min * s, the rounded Q8_1 block sums (Q4_1, Q5_1).
+    min_correction: bool = False
+    # general.file_type of a file made mostly of this type (llama.cpp names such files after it).
+    file_type: int | None = None
+    # `llamapy quantize` can write it (quantize/_kernels.py has its quantizer).
+    quantizable: bool = True
 
+    @property
+    def bits_per_weight(self) -> float:
+        return self.type_size * 8 / self.block_size
 
-def _qt(name: str, type_id: int, block_size: int, type_size: int, vec_dot_type: int) -> QuantType:
-    return QuantType(name, type_id, block_size, type_size, vec_dot_type)
+    @property
+    def super_blocks(self) -> bool:
+        """Activations as Q8_K (256-value super-blocks) rather than Q8_0/Q8_1."""
+        return self.vec_dot_type == Q8_K
 
 
 QUANT_TYPES: dict[int, QuantType] = {
     t.type_id: t
     for t in (
-        _qt("F32", F32, 1, 4, F32),
-        _qt("F16", F16, 1, 2, F16),
-        _qt("Q4_0", Q4_0, 32, 18, Q8_0),
-        _qt("Q4_1", Q4_1, 32, 20, Q8_1),
-        _qt("Q5_0", Q5_0, 32, 22, Q8_0),
-        _qt("Q5_1", Q5_1, 32, 24, Q8_1),
-        _qt("Q8_0", Q8_0, 32, 34, Q8_0),
-        _qt("Q2_K", Q2_K, QK_K, 84, Q8_K),
-        _qt("Q3_K", Q3_K, QK_K, 110, Q8_K),
-        _qt("Q4_K", Q4_K, QK_K, 144, Q8_K),
-        _qt("Q5_K", Q5_K, QK_K, 176, Q8_K),
-        _qt("Q6_K", Q6_K, QK_K, 210, Q8_K),
-        _qt("BF16", BF16, 1, 2, BF16),
+        QuantType("F32", F32, 1, 4, F32, file_type=0),
+        QuantType("F16", F16, 1, 2, F16, file_type=1),
+        QuantType("Q4_0", Q4_0, 32, 18, Q8_0, exact="q32", file_type=2),
+        QuantType("Q4_1", Q4_1, 32, 20, Q8_1, exact="q32", min_correction=True, file_type=3),
+        QuantType("Q5_0", Q5_0, 32, 22, Q8_0, exact="q32", file_type=8),
+        QuantType("Q5_1", Q5_1, 32, 24, Q8_1, exact="q32", min_correction=True, file_type=9),
+        QuantType("Q8_0", Q8_0, 32, 34, Q8_0, exact="q32", file_type=7),
+        QuantType("Q2_K", Q2_K, QK_K, 84, Q8_K, file_type=10),
+        QuantType("Q3_K", Q3_K, QK_K, 110, Q8_K, file_type=12),
+        QuantType("Q4_K", Q4_K, QK_K, 144, Q8_K, exact="k", file_type=15),
+        QuantType("Q5_K", Q5_K, QK_K, 176, Q8_K, file_type=17),
+        QuantType("Q6_K", Q6_K, QK_K, 210, Q8_K, exact="k", tiled_min_batch=8, file_type=18),
+        QuantType("IQ4_NL", IQ4_NL, 32, 18, Q8_0, file_type=25),
+        QuantType("BF16", BF16, 1, 2, BF16, file_type=32),
     )
 }
+
+# general.file_type -> the name llama.cpp prints (llama_ftype_name); gaps are types llama.cpp removed.
+FILE_TYPE_NAMES: dict[int, str] = {
+    0: "all F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K - Medium", 11: "Q3_K - Small", 12: "Q3_K - Medium", 13: "Q3_K - Large",
+    14: "Q4_K - Small", 15: "Q4_K - Medium", 16: "Q5_K - Small", 17: "Q5_K - Medium", 18: "Q6_K",
+    19: "IQ2_XXS - 2.0625 bpw", 20: "IQ2_XS - 2.3125 bpw", 21: "Q2_K - Small", 22: "IQ3_XS - 3.3 bpw",
+    23: "IQ3_XXS - 3.0625 bpw", 24: "IQ1_S - 1.5625 bpw", 25: "IQ4_NL - 4.5 bpw", 26: "IQ3_S - 3.4375 bpw",
+    27: "IQ3_S mix - 3.66 bpw", 28: "IQ2_S - 2.5 bpw", 29: "IQ2_M - 2.7 bpw", 30: "IQ4_XS - 4.25 bpw",
+    31: "IQ1_M - 1.75 bpw", 32: "BF16", 36: "TQ1_0 - 1.69 bpw ternary", 37: "TQ2_0 - 2.06 bpw ternary",
+    38: "MXFP4 MoE", 39: "NVFP4", 40: "Q1_0", 41: "Q2_0",
+}
+
+
+def quant_type_named(name: str) -> QuantType:
+    """The entry whose ggml name is `name` (case-insensitive), or UnsupportedQuantType."""
+    for qt in QUANT_TYPES.values():
+        if qt.name == name.upper():
+            return qt
+    valid = ", ".join(t.name for t in QUANT_TYPES.values())
+    raise UnsupportedQuantType(f"unknown tensor type {name!r}; valid: {valid}")
+
 
 # Activation formats: quantize_activations() accepts these as targets.
 ACTIVATION_TYPES: dict[int, str] = {
