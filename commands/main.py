@@ -6,7 +6,7 @@ import typer
 
 from llamapy import __version__
 
-from . import bench, chat, perplexity, run, simple
+from . import bench, chat, perplexity, quantize, run, simple
 
 app = typer.Typer(
     name="llamapy",
@@ -38,6 +38,8 @@ app.command("bench", help="Prompt and generation speed, as llama-bench.")(bench.
 app.command("perplexity", help="Perplexity and KL-divergence of a model on a text, as llama-perplexity.")(
     perplexity.perplexity
 )
+
+app.command("quantize", help=quantize.HELP)(quantize.quantize)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,47 @@
+"""Quantize float32 matrices, or convert packed tensors from one ggml type to another."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..quants._inputs import packed_rows, read_only
+from ..quants.dequant import dequantize
+from ..quants.types import F32, UnsupportedQuantType, quant_type, row_bytes
+from ._kernels import quantize_rows
+
+_NO_WEIGHTS = read_only(np.zeros(0, np.float32))
+
+
+def quantize(x: np.ndarray, type_id: int, importance: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows [n, k] -> uint8 [n, row_bytes] of `type_id`, bytes as llama-quantize writes.
+
+    `importance` (k values, an imatrix row) switches the types that have one to llama.cpp's
+    weighted search; without it they use llama.cpp's reference quantizers.
+    """
+    qt = quant_type(type_id)
+    if not qt.quantizable:
+        raise UnsupportedQuantType(f"llamapy cannot quantize to {qt.name}")
+    rows = np.ascontiguousarray(x, dtype=np.float32)
+    if rows.ndim == 1:
+        rows = rows.reshape(1, -1)
+    n_cols = rows.shape[1]
+    out = np.empty((rows.shape[0], row_bytes(type_id, n_cols)), np.uint8)
+    qw = _NO_WEIGHTS
+    if importance is not None:
+        qw = read_only(np.ascontiguousarray(importance, dtype=np.float32).reshape(-1))
+        if qw.shape[0] != n_cols:
+            raise ValueError(f"importance has {qw.shape[0]} values, rows have {n_cols}")
+    quantize_rows(int(type_id), read_only(rows), qw, out)
+    return out
+
+
+def to_float(raw: np.ndarray, type_id: int, n_cols: int) -> np.ndarray:
+    """Packed rows as float32 [rows, n_cols], decoded as ggml's dequantize_row_* does."""
+    if int(type_id) == F32:
+        return np.ascontiguousarray(raw).view(np.float32).reshape(-1, n_cols)
+    return dequantize(packed_rows(raw, type_id, n_cols), type_id, n_cols)
+
+
+def convert(raw: np.ndarray, src_type: int, dst_type: int, n_cols: int, importance=None) -> np.ndarray:
+    """Packed rows of `src_type` re-encoded as `dst_type` (via float32, as llama-quantize)."""
+    return quantize(to_float(raw, src_type, n_cols), dst_type, importance)
