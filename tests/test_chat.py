@@ -140,3 +140,25 @@ def test_scripted_chat_prints_one_reply_per_line():
     assert len(stats) == 2 and all(int(generated) > 1 for _, _, generated, _, _ in stats), result.stderr
     replies = result.stdout.rstrip("\n").split("\n\n")
     assert len(replies) >= 2 and replies[0].strip() and replies[-1].strip(), result.stdout
+
+
+def test_full_context_drops_old_turns_and_refuses_an_oversized_message():
+    long_message = " ".join(["word"] * 300)
+    lines = ["What is the capital of Germany?", "And of Italy?", "And of Spain?", long_message, "Thanks!"]
+    result = subprocess.run([*LLAMAPY, "chat", "-c", "64", "-n", "8", "--temp", "0", "-sys", SYSTEM],
+                            input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "dropped the 1 oldest exchange(s), the system prompt kept" in result.stderr
+    refusals = [line for line in result.stderr.splitlines() if "does not fit" in line]
+    assert len(refusals) == 1 and "it was not sent" in refusals[0]
+    stats = re.findall(STATS, result.stderr)
+    assert len(stats) == len(lines) - 1  # every message but the oversized one was answered
+    assert all(int(used) <= 64 for _, _, _, used, _ in stats)
+
+
+def test_gemma3_chats_through_the_gemma_template_chosen_from_its_tokens():
+    result = subprocess.run([*LLAMAPY, "chat", "-m", model_path("gemma3"), "-n", "6", "--temp", "0"],
+                            input="What is the capital of France?\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "using the built-in 'gemma' (chosen from its special tokens)" in result.stderr
+    assert result.stdout.strip() and len(re.findall(STATS, result.stderr)) == 1
