@@ -8,15 +8,16 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .chat.format import ChatFormat, chat_format
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .generate import GenerationStep, generate
 from .gguf.split import open_gguf as GGUFFile  # split-aware: a -00001-of-0000N.gguf shard opens them all
 from .kv_cache import KVCache
-from .models import build_model, check_architecture
+from .models import check_architecture
 from .models.blocks import Weights
 from .sampling import SamplingParams
 from .session import Session
 from .tokenizer import Tokenizer
+from .validate import ModelFileError, check_tensors, check_tokenizer_metadata
 
 
 class Model:
@@ -25,10 +26,20 @@ class Model:
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
         self.gguf = GGUFFile(path)
-        check_architecture(self.gguf.kv.get("general.architecture"))
-        self.config = ModelConfig.from_gguf(self.gguf.kv)
-        self.tokenizer = Tokenizer.from_gguf(self.gguf.kv)
-        self.net = build_model(Weights(self.gguf), self.config)
+        kv = self.gguf.kv
+        architecture = check_architecture(kv.get("general.architecture"))
+        # Validated in full before anything is sized by the header (validate.py says what is guaranteed).
+        check_tokenizer_metadata(self.path, kv)
+        try:
+            self.config = ModelConfig.from_gguf(kv)
+        except ConfigError as e:
+            raise ConfigError(f"{self.path}: {e}") from None
+        check_tensors(self.path, self.gguf.tensors, self.config, architecture.tensor_specs(self.config))
+        try:
+            self.tokenizer = Tokenizer.from_gguf(kv)
+        except ValueError as e:  # the tokenizer raises ValueError only for metadata it cannot run
+            raise ModelFileError(f"{self.path}: {e}") from None
+        self.net = architecture(Weights(self.gguf), self.config)
 
     # --- text ---------------------------------------------------------------------------------
 

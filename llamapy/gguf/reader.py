@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..quants.types import QUANT_TYPES, row_bytes, type_name
+from .strings import read_string_array
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -68,6 +69,7 @@ class _Cursor:
 
     def __init__(self, buf, path: str):
         self.buf = buf
+        self.bytes = np.frombuffer(buf, dtype=np.uint8)
         self.pos = 0
         self.size = len(buf)
         self.path = path
@@ -97,25 +99,11 @@ class _Cursor:
         return raw.decode("utf-8", errors="replace")
 
     def string_array(self, count: int, what: str) -> list[str]:
-        # Bounds are checked once per element only through the length prefix; this loop is the
-        # hot spot when opening a model with a big vocabulary.
-        buf, pos, size = self.buf, self.pos, self.size
-        from_bytes = int.from_bytes
-        out = []
-        append = out.append
-        for _ in range(count):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, what)
-            n = from_bytes(buf[pos:pos + 8], "little")
-            pos += 8
-            if pos + n > size:
-                self.pos = pos
-                self.need(n, what)
-            append(str(buf[pos:pos + n], "utf-8", "replace"))
-            pos += n
-        self.pos = pos
-        return out
+        strings, end = read_string_array(self.bytes, self.pos, count)
+        if strings is None:
+            raise GGUFError(f"{self.path}: truncated GGUF file (reading {what} at byte {self.pos})")
+        self.pos = end
+        return strings
 
     def value(self, vtype: int, what: str):
         if vtype in _SCALARS:
@@ -131,9 +119,13 @@ class _Cursor:
                 arr = np.frombuffer(self.buf, dtype=_NUMPY[etype], count=count, offset=self.pos).copy()
                 self.pos += count * itemsize
                 return arr
+            # Every element takes at least its length prefix: a count the bytes left cannot hold is
+            # refused before a loop of that length starts.
             if etype == STRING:
+                self.need(count * 8, what)
                 return self.string_array(count, what)
             if etype == ARRAY:
+                self.need(count * 12, what)
                 return [self.value(ARRAY, what) for _ in range(count)]
             raise GGUFError(f"{self.path}: unknown array element type {etype} in {what}")
         raise GGUFError(f"{self.path}: unknown metadata value type {vtype} in {what}")
@@ -192,6 +184,15 @@ class GGUFFile:
             if info.name in self.tensors:
                 raise GGUFError(f"{self.path}: duplicate tensor name {info.name}")
             self.tensors[info.name] = info
+        self._check_no_overlap(infos)
+
+    def _check_no_overlap(self, infos: list[TensorInfo]) -> None:
+        """Writers lay tensors out one after another; overlapping data means a damaged shape, type or offset."""
+        ordered = sorted(infos, key=lambda t: t.offset)
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if a.offset + a.n_bytes > b.offset:
+                raise GGUFError(f"{self.path}: tensor {a.name} ({a.type_name} {list(a.shape)}) runs into the data "
+                                f"of tensor {b.name}: its shape, type or offset is damaged")
 
     def _tensor_info(self, cur: _Cursor, i: int) -> TensorInfo:
         name = cur.string(f"tensor name #{i}")

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kv_cache import KVCache
+from ..validate import Dim, TensorSpec, check_context_memory
 from .blocks import AttentionLayer, FeedForward, Linear, RopeCache, Weights, norm
 
 
@@ -21,8 +22,21 @@ class DecoderModel:
         self.output = weights.linear("output.weight") if weights.has("output.weight") else self.tok_embd
         self._rope: RopeCache | None = None
 
+    @classmethod
+    def tensor_specs(cls, config: ModelConfig) -> dict[str, TensorSpec]:
+        """Every tensor the architecture reads, with the shape its config implies."""
+        specs = model_tensor_specs(config)
+        for layer in range(config.n_layer):
+            specs.update({f"blk.{layer}.{name}": spec for name, spec in cls.layer_specs(config).items()})
+        return specs
+
+    @classmethod
+    def layer_specs(cls, config: ModelConfig) -> dict[str, TensorSpec]:
+        raise NotImplementedError
+
     def new_cache(self, n_ctx: int) -> KVCache:
         c = self.config
+        check_context_memory(c, n_ctx)
         return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v)
 
     def rope(self, n_ctx: int) -> RopeCache:
@@ -85,3 +99,47 @@ def layer_linear(weights: Weights, layer: int, name: str) -> Linear:
 
 def layer_vector(weights: Weights, layer: int, name: str) -> np.ndarray:
     return weights.vector(f"blk.{layer}.{name}.weight")
+
+
+# --- the tensors of a standard decoder, as validate.py checks them ------------------------------
+
+def model_tensor_specs(c: ModelConfig) -> dict[str, TensorSpec]:
+    embd, vocab = Dim(c.n_embd, f"{c.arch}.embedding_length"), Dim(c.n_vocab, "the vocabulary size")
+    return {
+        "token_embd.weight": TensorSpec((embd, vocab)),
+        "output_norm.weight": TensorSpec((embd,)),
+        "output.weight": TensorSpec((embd, vocab), required=False),
+    }
+
+
+def attention_specs(c: ModelConfig) -> dict[str, TensorSpec]:
+    a = c.arch
+    embd = Dim(c.n_embd, f"{a}.embedding_length")
+    q = Dim(c.n_head * c.head_dim, f"{a}.attention.head_count × key_length ({c.n_head} × {c.head_dim})")
+    k = Dim(c.n_head_kv * c.head_dim, f"{a}.attention.head_count_kv × key_length ({c.n_head_kv} × {c.head_dim})")
+    v = Dim(c.n_head_kv * c.head_dim_v,
+            f"{a}.attention.head_count_kv × value_length ({c.n_head_kv} × {c.head_dim_v})")
+    o = Dim(c.n_head * c.head_dim_v, f"{a}.attention.head_count × value_length ({c.n_head} × {c.head_dim_v})")
+    return {
+        "attn_norm.weight": TensorSpec((embd,)),
+        "attn_q.weight": TensorSpec((embd, q)),
+        "attn_k.weight": TensorSpec((embd, k)),
+        "attn_v.weight": TensorSpec((embd, v)),
+        "attn_output.weight": TensorSpec((o, embd)),
+    }
+
+
+def feed_forward_specs(c: ModelConfig) -> dict[str, TensorSpec]:
+    embd, ff = Dim(c.n_embd, f"{c.arch}.embedding_length"), Dim(c.n_ff, f"{c.arch}.feed_forward_length")
+    return {
+        "ffn_norm.weight": TensorSpec((embd,)),
+        "ffn_gate.weight": TensorSpec((embd, ff)),
+        "ffn_up.weight": TensorSpec((embd, ff)),
+        "ffn_down.weight": TensorSpec((ff, embd)),
+    }
+
+
+def head_norm_specs(c: ModelConfig) -> dict[str, TensorSpec]:
+    """Per-head RMS norms of queries and keys (Gemma 3, Qwen 3)."""
+    head = Dim(c.head_dim, f"{c.arch}.attention.key_length")
+    return {"attn_q_norm.weight": TensorSpec((head,)), "attn_k_norm.weight": TensorSpec((head,))}

@@ -6,7 +6,16 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kernels.rope import ROPE_NEOX
-from .base import DecoderModel, layer_attention, layer_feed_forward, layer_vector
+from ..validate import Dim, TensorSpec
+from .base import (
+    DecoderModel,
+    attention_specs,
+    feed_forward_specs,
+    head_norm_specs,
+    layer_attention,
+    layer_feed_forward,
+    layer_vector,
+)
 from .blocks import Weights, norm
 
 SWA_PATTERN = 6  # every 6th layer attends globally, the others through the sliding window
@@ -21,6 +30,12 @@ class Gemma3(DecoderModel):
         self.embd_scale = np.float32(np.sqrt(config.n_embd))
         # Gemma scales the queries before attention rather than the scores inside it.
         self.q_scale = 1.0 / np.sqrt(config.head_dim)
+
+    @classmethod
+    def layer_specs(cls, config):
+        embd = Dim(config.n_embd, "gemma3.embedding_length")
+        post_norms = {name: TensorSpec((embd,)) for name in ("post_attention_norm.weight", "post_ffw_norm.weight")}
+        return {**attention_specs(config), **head_norm_specs(config), **feed_forward_specs(config), **post_norms}
 
     def _load_layer(self, i: int) -> dict:
         w, c = self.weights, self.config

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kernels.rope import ROPE_NORMAL
-from .base import DecoderModel, layer_attention, layer_feed_forward, layer_vector
+from .base import DecoderModel, attention_specs, feed_forward_specs, layer_attention, layer_feed_forward, layer_vector
 from .blocks import Weights, norm
 
 
@@ -15,6 +15,10 @@ class Llama(DecoderModel):
         super().__init__(weights, config)
         self.layers = [self._load_layer(i) for i in range(config.n_layer)]
         self.attn_scale = 1.0 / np.sqrt(config.head_dim)
+
+    @classmethod
+    def layer_specs(cls, config):
+        return {**attention_specs(config), **feed_forward_specs(config)}
 
     def _load_layer(self, i: int) -> dict:
         w = self.weights

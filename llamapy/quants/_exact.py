@@ -76,7 +76,8 @@ def quantize_q8(x, q, d, s):
             s[t, b] = round_f16(scale * np.float32(total))
 
 
-@njit(cache=True)
+# IEEE division, as in C: activations that overflowed to inf give d = 1/(-127/inf) = -inf, not an exception.
+@njit(cache=True, error_model="numpy")
 def quantize_q8_k(x, q, d, bsums):
     """x [n, k] → Q8_K blocks of 256 as ggml's reference quantizer (used on x86) makes them.
 
