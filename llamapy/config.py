@@ -65,7 +65,10 @@ class ModelConfig:
         if n_head % n_head_kv:
             raise ConfigError(f"{arch}.attention.head_count {n_head} is not a multiple of "
                               f"{arch}.attention.head_count_kv {n_head_kv}")
-        head_dim = keys.integer("attention.key_length", lo=1, hi=MAX_HEAD_DIM, default=n_embd // n_head or None)
+        if kv.get(f"{arch}.attention.key_length") is None and n_embd % n_head:
+            raise ConfigError(f"{arch}.embedding_length {n_embd} is not a multiple of {arch}.attention.head_count "
+                              f"{n_head}, and no {arch}.attention.key_length gives the head size")
+        head_dim = keys.integer("attention.key_length", lo=1, hi=MAX_HEAD_DIM, default=n_embd // n_head)
         n_vocab = _vocab_size(kv, keys, n_vocab_fallback)
         return cls(
             arch=arch,
