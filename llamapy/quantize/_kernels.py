@@ -21,6 +21,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ..quants._bits import f32_as_u32, round_f16
+from ..quants._kernels import decode_row
 from ..quants.types import F16, F32, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
 F0 = np.float32(0.0)
@@ -53,7 +54,10 @@ def _f(v):
 
 @njit(cache=True, inline="always")
 def nearest_int(v):
-    return np.int32(np.rint(v))
+    """ggml's nearest_int: add 1.5 * 2^23 so the float add rounds to an integer (half to even),
+    then read it from the mantissa bits; plain arithmetic, no libm call."""
+    bits = f32_as_u32(v + np.float32(12582912.0))
+    return np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000)
 
 
 @njit(cache=True, inline="always")
@@ -804,3 +808,25 @@ def quantize_rows(type_id, x, qw, out):
     """out[r] = quantize(x[r]) for every row; rows are independent, so prange."""
     for r in prange(x.shape[0]):
         quantize_row(type_id, x[r], qw, out[r])
+
+
+# Rows converted per task: one float32 scratch row serves them all.
+_CHUNK = 16
+
+
+@njit(cache=True, parallel=True)
+def convert_rows(src_type, raw, dst_type, qw, out, n_cols):
+    """out[r] = quantize(decode(raw[r])): packed rows of src_type re-encoded as dst_type in one
+    pass, each row decoded into an L1-resident scratch row (llama-quantize's dequantize-then-
+    quantize, without a float32 copy of the tensor).
+
+    decode_row is compiled into this kernel: numba's cache keys on this file only, so an edit
+    to the decoders in quants/_kernels.py needs this file touched too (any edit) to recompile.
+    """
+    n_rows = raw.shape[0]
+    none = np.zeros(0, np.float32)
+    for t in prange((n_rows + _CHUNK - 1) // _CHUNK):
+        row = np.empty(n_cols, np.float32)
+        for r in range(t * _CHUNK, min(n_rows, (t + 1) * _CHUNK)):
+            decode_row(src_type, raw[r], row, none)
+            quantize_row(dst_type, row, qw, out[r])

@@ -7,7 +7,7 @@ import numpy as np
 from ..quants._inputs import packed_rows, read_only
 from ..quants.dequant import dequantize
 from ..quants.types import F32, UnsupportedQuantType, quant_type, row_bytes
-from ._kernels import quantize_rows
+from ._kernels import convert_rows, quantize_rows
 
 _NO_WEIGHTS = read_only(np.zeros(0, np.float32))
 
@@ -18,21 +18,29 @@ def quantize(x: np.ndarray, type_id: int, importance: np.ndarray | None = None) 
     `importance` (k values, an imatrix row) switches the types that have one to llama.cpp's
     weighted search; without it they use llama.cpp's reference quantizers.
     """
-    qt = quant_type(type_id)
-    if not qt.quantizable:
-        raise UnsupportedQuantType(f"llamapy cannot quantize to {qt.name}")
+    _check_quantizable(type_id)
     rows = np.ascontiguousarray(x, dtype=np.float32)
     if rows.ndim == 1:
         rows = rows.reshape(1, -1)
     n_cols = rows.shape[1]
     out = np.empty((rows.shape[0], row_bytes(type_id, n_cols)), np.uint8)
-    qw = _NO_WEIGHTS
-    if importance is not None:
-        qw = read_only(np.ascontiguousarray(importance, dtype=np.float32).reshape(-1))
-        if qw.shape[0] != n_cols:
-            raise ValueError(f"importance has {qw.shape[0]} values, rows have {n_cols}")
-    quantize_rows(int(type_id), read_only(rows), qw, out)
+    quantize_rows(int(type_id), read_only(rows), _weights(importance, n_cols), out)
     return out
+
+
+def _check_quantizable(type_id: int) -> None:
+    qt = quant_type(type_id)
+    if not qt.quantizable:
+        raise UnsupportedQuantType(f"llamapy cannot quantize to {qt.name}")
+
+
+def _weights(importance, n_cols: int) -> np.ndarray:
+    if importance is None:
+        return _NO_WEIGHTS
+    qw = read_only(np.ascontiguousarray(importance, dtype=np.float32).reshape(-1))
+    if qw.shape[0] != n_cols:
+        raise ValueError(f"importance has {qw.shape[0]} values, rows have {n_cols}")
+    return qw
 
 
 def to_float(raw: np.ndarray, type_id: int, n_cols: int) -> np.ndarray:
@@ -44,4 +52,8 @@ def to_float(raw: np.ndarray, type_id: int, n_cols: int) -> np.ndarray:
 
 def convert(raw: np.ndarray, src_type: int, dst_type: int, n_cols: int, importance=None) -> np.ndarray:
     """Packed rows of `src_type` re-encoded as `dst_type` (via float32, as llama-quantize)."""
-    return quantize(to_float(raw, src_type, n_cols), dst_type, importance)
+    _check_quantizable(dst_type)
+    rows = packed_rows(raw, src_type, n_cols)
+    out = np.empty((rows.shape[0], row_bytes(dst_type, n_cols)), np.uint8)
+    convert_rows(int(src_type), rows, int(dst_type), _weights(importance, n_cols), out, n_cols)
+    return out
