@@ -1,0 +1,129 @@
+"""llamapy quantize against llama-quantize's own outputs (reference json: per-tensor type and sha256),
+gguf-py's quantizer as an oracle where it has one, and the command's behaviour on bad input and Ctrl-C."""
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+from conftest import model_path
+
+from llamapy.gguf.reader import GGUFFile
+from llamapy.quantize.model import quantize_model
+from llamapy.quantize.tensors import quantize
+
+LLAMAPY = [sys.executable, "-m", "llamapy.commands.main"]
+# Legacy types must match byte for byte; two K mixes check the _M/_S rules, use_more_bits and the
+# 576-column fallback (Q2_K: 180 of 272 tensors fall back to Q4_0) as well as the K searches.
+TYPES = ["Q8_0", "Q4_0", "Q5_0", "Q5_1", "Q4_K_M", "Q2_K"]
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, reference_dir):
+    """Each type of TYPES written once for the whole module."""
+    folder = tmp_path_factory.mktemp("quantized")
+    return {t: quantize_model(model_path("smollm2"), folder / f"{t}.gguf", t, allow_requantize=True).path
+            for t in TYPES}
+
+
+def tensor_hashes(path):
+    with GGUFFile(path) as g:
+        return {name: (info.type_name, hashlib.sha256(g.raw(name).tobytes()).hexdigest())
+                for name, info in g.tensors.items()}
+
+
+@pytest.mark.parametrize("ftype", TYPES)
+def test_tensors_equal_llama_quantize(quantized, reference_dir, ftype):
+    ref = json.loads((reference_dir / "quantize" / f"{ftype}.json").read_text())
+    ours = tensor_hashes(quantized[ftype])
+    assert list(ours) == list(ref["tensors"])  # llama.cpp's tensor order
+    for name, t in ref["tensors"].items():
+        assert ours[name] == (t["type"], t["sha256"]), name
+    with GGUFFile(quantized[ftype]) as g:
+        assert g.kv["general.file_type"] == ref["general.file_type"]
+        assert g.kv["general.quantization_version"] == 2
+
+
+def test_whole_file_equals_llama_quantize(quantized, reference_dir):
+    ref = json.loads((reference_dir / "quantize" / "Q8_0.json").read_text())
+    data = quantized["Q8_0"].read_bytes()
+    assert len(data) == ref["file_size"]
+    assert hashlib.sha256(data).hexdigest() == ref["file_sha256"]
+
+
+def test_outputs_read_with_gguf_py_and_generate(quantized):
+    from llamapy.model import Model
+
+    for path in quantized.values():
+        reader = gguf.GGUFReader(path)
+        assert len(reader.tensors) == 272
+    text = "".join(step.text for step in Model(quantized["Q2_K"]).generate("The capital of France is",
+                                                                          n_predict=4, temp=0.0))
+    assert text.strip()
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16"])
+def test_matches_gguf_py_quantizer(name):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((48, 256)) * rng.uniform(1e-3, 3.0, (48, 1))).astype(np.float32)
+    x[3, :32] = 0.0  # an all-zero block
+    x[5] = 0.5  # a constant row
+    qtype = gguf.GGMLQuantizationType[name]
+    expected = gguf.quants.quantize(x, qtype).view(np.uint8).reshape(48, -1)
+    assert np.array_equal(quantize(x, int(qtype)), expected)
+
+
+def test_iq4_nl_runs_in_the_engine():
+    from llamapy.quants import dequantize, linear
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    packed = quantize(w, int(gguf.GGMLQuantizationType.IQ4_NL))
+    decoded = dequantize(packed, int(gguf.GGMLQuantizationType.IQ4_NL), 128)
+    assert np.abs(decoded - w).mean() < 0.1 * np.abs(w).mean()
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    y = linear(packed, int(gguf.GGMLQuantizationType.IQ4_NL), x)
+    assert np.allclose(y, x @ decoded.T, rtol=0.05, atol=0.5)
+
+
+def run(*args):
+    return subprocess.run([*LLAMAPY, "quantize", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *patterns):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for p in patterns:
+        assert p in lines[0]
+
+
+def test_unknown_type_lists_the_valid_ones(tmp_path):
+    assert_one_line_error(run(model_path("smollm2"), tmp_path / "o.gguf", "Q7_X"), "Q7_X", "Q4_K_M", "IQ4_NL", "COPY")
+
+
+def test_bad_inputs_give_one_line(tmp_path):
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model at all, just words\n" * 10)
+    assert_one_line_error(run(text, tmp_path / "a.gguf", "Q8_0"), "not a GGUF file")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(model_path("smollm2").read_bytes()[: 40_000_000])
+    assert_one_line_error(run(cut, tmp_path / "b.gguf", "Q8_0"), "truncated")
+    assert_one_line_error(run(model_path("smollm2"), tmp_path / "c.gguf", "Q8_0"), "requantizing from type")
+    assert not list(tmp_path.glob("[abc].gguf")) and not list(tmp_path.glob(".*tmp"))
+
+
+def test_sigint_mid_way_leaves_no_output(tmp_path):
+    out = tmp_path / "out.gguf"
+    cmd = [*LLAMAPY, "quantize", "--allow-requantize", model_path("smollm2"), out, "Q4_K_M", "1"]
+    proc = subprocess.Popen(list(map(str, cmd)), stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the first tensor is done: the temporary file is being written
+    assert "/272" in first, first
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode == 130
+    assert list(tmp_path.iterdir()) == []
