@@ -21,6 +21,9 @@ class DecoderModel:
         # Tied embeddings: most small models reuse token_embd as the output head.
         self.output = weights.linear("output.weight") if weights.has("output.weight") else self.tok_embd
         self._rope: RopeCache | None = None
+        # ggml_rope_ext's per-frequency divisors and magnitude (rope_freqs, longrope): none by default.
+        self.rope_freq_factors: np.ndarray | None = None
+        self.rope_mscale = 1.0
 
     @classmethod
     def tensor_specs(cls, config: ModelConfig) -> dict[str, TensorSpec]:
@@ -41,7 +44,7 @@ class DecoderModel:
 
     def rope(self, n_ctx: int) -> RopeCache:
         if self._rope is None or self._rope.n_ctx < n_ctx:
-            self._rope = RopeCache(max(n_ctx, 512), self.config.rope_dim)
+            self._rope = RopeCache(max(n_ctx, 512), self.config.rope_dim, self.rope_freq_factors, self.rope_mscale)
         return self._rope
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
@@ -137,6 +140,12 @@ def feed_forward_specs(c: ModelConfig) -> dict[str, TensorSpec]:
         "ffn_up.weight": TensorSpec((embd, ff)),
         "ffn_down.weight": TensorSpec((ff, embd)),
     }
+
+
+def rope_factor_specs(c: ModelConfig, *names: str, required: bool = False) -> dict[str, TensorSpec]:
+    """One divisor per rotated frequency (rope_freqs.weight, rope_factors_long/short.weight)."""
+    half = Dim(c.rope_dim // 2, f"{c.arch}.rope.dimension_count / 2")
+    return {name: TensorSpec((half,), required=required) for name in names}
 
 
 def head_norm_specs(c: ModelConfig) -> dict[str, TensorSpec]:

@@ -150,15 +150,21 @@ class FeedForward:
 
 
 class RopeCache:
-    """cos/sin tables for positions 0..n_ctx-1, one pair per distinct base."""
+    """cos/sin tables for positions 0..n_ctx-1, one pair per distinct base.
 
-    def __init__(self, n_ctx: int, rope_dim: int):
+    freq_factors and mscale (rope_freqs, longrope factors and their attention factor) apply to
+    every table when given."""
+
+    def __init__(self, n_ctx: int, rope_dim: int, freq_factors: np.ndarray | None = None, mscale: float = 1.0):
         self.n_ctx = n_ctx
         self.rope_dim = rope_dim
+        self.freq_factors = freq_factors
+        self.mscale = mscale
         self._tables: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def slice(self, base: float, pos0: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         if base not in self._tables:
-            self._tables[base] = rope_tables(np.arange(self.n_ctx), self.rope_dim, base)
+            self._tables[base] = rope_tables(np.arange(self.n_ctx), self.rope_dim, base, self.freq_factors,
+                                             self.mscale)
         cos, sin = self._tables[base]
         return cos[pos0:pos0 + n], sin[pos0:pos0 + n]

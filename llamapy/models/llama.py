@@ -6,7 +6,15 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kernels.rope import ROPE_NORMAL
-from .base import DecoderModel, attention_specs, feed_forward_specs, layer_attention, layer_feed_forward, layer_vector
+from .base import (
+    DecoderModel,
+    attention_specs,
+    feed_forward_specs,
+    layer_attention,
+    layer_feed_forward,
+    layer_vector,
+    rope_factor_specs,
+)
 from .blocks import Weights, norm
 
 
@@ -15,6 +23,12 @@ class Llama(DecoderModel):
         super().__init__(weights, config)
         self.layers = [self._load_layer(i) for i in range(config.n_layer)]
         self.attn_scale = 1.0 / np.sqrt(config.head_dim)
+        if weights.has("rope_freqs.weight"):  # Llama 3.1's long-context frequency divisors
+            self.rope_freq_factors = weights.vector("rope_freqs.weight")
+
+    @classmethod
+    def tensor_specs(cls, config):
+        return {**super().tensor_specs(config), **rope_factor_specs(config, "rope_freqs.weight")}
 
     @classmethod
     def layer_specs(cls, config):
