@@ -6,7 +6,7 @@ import typer
 
 from llamapy import __version__
 
-from . import bench, chat, imatrix, perplexity, quantize, run, simple
+from . import bench, chat, convert, imatrix, perplexity, quantize, run, simple
 
 app = typer.Typer(
     name="llamapy",
@@ -40,6 +40,7 @@ app.command("perplexity", help="Perplexity and KL-divergence of a model on a tex
 )
 
 app.command("quantize", help=quantize.HELP)(quantize.quantize)
+app.command("convert", help=convert.HELP)(convert.convert)
 app.command("imatrix", help="Importance matrix of a model over a text, as llama-imatrix.")(imatrix.imatrix)
 
 if __name__ == "__main__":
