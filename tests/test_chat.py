@@ -4,6 +4,7 @@ What the stats line reports is checked against the conversation itself: P + C is
 conversation in tokens, and C (reused) is exactly what the cache held from the turn before.
 """
 
+import io
 import json
 import os
 import re
@@ -125,10 +126,19 @@ def test_chat_in_a_terminal(tmp_path, model):
     # Ctrl-C on an empty line says how to leave; Ctrl-D leaves with exit 0.
     term.child.sendintr()
     term.child.expect("Ctrl-D or /exit")
+    term.child.expect(PROMPT)
+    time.sleep(0.3)  # a Ctrl-D sent before prompt_toolkit has the terminal in raw mode would be lost
     term.child.sendeof()
     term.child.expect(pexpect.EOF)
     term.child.close()
     assert term.child.exitstatus == 0
+
+
+def test_input_lines_join_on_backslash_and_triple_quotes():
+    from llamapy.commands.chat_input import ScriptInput
+
+    text = 'one\ntwo \\\nthree\n"""\nblock line 1\n\nblock line 3\n"""\nlast\\\n'
+    assert list(ScriptInput(io.StringIO(text))) == ["one", "two \nthree", "block line 1\n\nblock line 3", "last\n"]
 
 
 def test_scripted_chat_prints_one_reply_per_line():
