@@ -39,7 +39,7 @@ app.command("perplexity", help="Perplexity and KL-divergence of a model on a tex
     perplexity.perplexity
 )
 
-app.command("quantize", help=quantize.HELP)(quantize.quantize)
+app.command("quantize", help=quantize.HELP, epilog=quantize.TYPES_HELP)(quantize.quantize)
 app.command("convert", help=convert.HELP)(convert.convert)
 app.command("imatrix", help="Importance matrix of a model over a text, as llama-imatrix.")(imatrix.imatrix)
 

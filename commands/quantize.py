@@ -15,19 +15,22 @@ from ._common import fail, set_threads, user_errors
 
 def _type_table() -> str:
     from llamapy.quantize.mixes import ALIASES, FILE_TYPES
+    from llamapy.quants.types import QUANT_TYPES
 
-    lines = ["Allowed quantization types:"]
+    lines = ["Allowed quantization types (name or general.file_type number), bits per weight of the main type:", ""]
     for f in FILE_TYPES.values():
-        lines.append(f"  {f.file_type:2d}  or  {f.name:<7} : {f.help}")
+        bpw = "" if f.name == "COPY" else f"{QUANT_TYPES[f.default_type].bits_per_weight:6.4g} bpw"
+        lines.append(f"  {f.file_type:2d}  {f.name:<7} {bpw:>10}  {f.help}")
     for alias, target in ALIASES.items():
-        lines.append(f"          {alias:<7} : alias for {target}")
-    return "\n\b\n" + "\n".join(lines)
+        lines.append(f"      {alias:<7} alias for {target}")
+    return "\n".join(lines)
 
 
 HELP = (
-    "Quantize a GGUF model, as llama-quantize: IN.gguf [OUT.gguf] TYPE [THREADS]. Without OUT the file is "
-    "ggml-model-TYPE.gguf beside IN." + _type_table()
+    "Quantize a GGUF model, as llama-quantize: IN.gguf [OUT.gguf] TYPE [THREADS].\n\n"
+    "Without OUT the file is ggml-model-TYPE.gguf beside IN; it appears only once complete."
 )
+TYPES_HELP = _type_table()
 
 
 def _parse_type(name: str):

@@ -34,30 +34,30 @@ class FileType(NamedTuple):
     name: str
     file_type: int  # general.file_type (llama_ftype)
     default_type: int
-    help: str
+    help: str  # llama-quantize's note (its ppl figures are for Llama-3-8B / Mistral-7B)
 
 
 FILE_TYPES: dict[str, FileType] = {
     f.name: f
     for f in (
-        FileType("Q4_0", 2, Q4_0, "4.50 bpw, +0.4685 ppl @ Llama-3-8B"),
-        FileType("Q4_1", 3, Q4_1, "5.00 bpw, +0.4511 ppl @ Llama-3-8B"),
-        FileType("Q5_0", 8, Q5_0, "5.50 bpw, +0.1316 ppl @ Llama-3-8B"),
-        FileType("Q5_1", 9, Q5_1, "6.00 bpw, +0.1062 ppl @ Llama-3-8B"),
-        FileType("IQ4_NL", 25, IQ4_NL, "4.50 bpw non-linear quantization"),
-        FileType("Q2_K", 10, Q2_K, "2.625 bpw (K mix), +3.5199 ppl @ Llama-3-8B"),
-        FileType("Q3_K_S", 11, Q3_K, "3.4375 bpw (K mix), +1.6321 ppl @ Llama-3-8B"),
-        FileType("Q3_K_M", 12, Q3_K, "3.4375 bpw (K mix, more bits for attn_v/ffn_down), +0.6569 ppl"),
-        FileType("Q3_K_L", 13, Q3_K, "3.4375 bpw (K mix, Q5_K attn_v/ffn_down), +0.5562 ppl"),
-        FileType("Q4_K_S", 14, Q4_K, "4.50 bpw (K mix), +0.2689 ppl @ Llama-3-8B"),
-        FileType("Q4_K_M", 15, Q4_K, "4.50 bpw (K mix, Q6_K for half of attn_v/ffn_down), +0.1754 ppl"),
-        FileType("Q5_K_S", 16, Q5_K, "5.50 bpw (K mix), +0.1049 ppl @ Llama-3-8B"),
-        FileType("Q5_K_M", 17, Q5_K, "5.50 bpw (K mix, Q6_K for half of attn_v/ffn_down), +0.0569 ppl"),
-        FileType("Q6_K", 18, Q6_K, "6.5625 bpw, +0.0217 ppl @ Llama-3-8B"),
-        FileType("Q8_0", 7, Q8_0, "8.50 bpw, +0.0026 ppl @ Llama-3-8B"),
-        FileType("F16", 1, F16, "16 bpw, +0.0020 ppl @ Mistral-7B"),
-        FileType("BF16", 32, BF16, "16 bpw, -0.0050 ppl @ Mistral-7B"),
-        FileType("F32", 0, F32, "32 bpw"),
+        FileType("Q4_0", 2, Q4_0, "+0.4685 ppl @ Llama-3-8B"),
+        FileType("Q4_1", 3, Q4_1, "+0.4511 ppl @ Llama-3-8B"),
+        FileType("Q5_0", 8, Q5_0, "+0.1316 ppl @ Llama-3-8B"),
+        FileType("Q5_1", 9, Q5_1, "+0.1062 ppl @ Llama-3-8B"),
+        FileType("IQ4_NL", 25, IQ4_NL, "non-linear 4-bit levels"),
+        FileType("Q2_K", 10, Q2_K, "K mix, +3.5199 ppl @ Llama-3-8B"),
+        FileType("Q3_K_S", 11, Q3_K, "K mix, +1.6321 ppl @ Llama-3-8B"),
+        FileType("Q3_K_M", 12, Q3_K, "K mix, more bits for attn_v/ffn_down, +0.6569 ppl @ Llama-3-8B"),
+        FileType("Q3_K_L", 13, Q3_K, "K mix, Q5_K attn_v/ffn_down, +0.5562 ppl @ Llama-3-8B"),
+        FileType("Q4_K_S", 14, Q4_K, "K mix, +0.2689 ppl @ Llama-3-8B"),
+        FileType("Q4_K_M", 15, Q4_K, "K mix, Q6_K for half of attn_v/ffn_down, +0.1754 ppl @ Llama-3-8B"),
+        FileType("Q5_K_S", 16, Q5_K, "K mix, +0.1049 ppl @ Llama-3-8B"),
+        FileType("Q5_K_M", 17, Q5_K, "K mix, Q6_K for half of attn_v/ffn_down, +0.0569 ppl @ Llama-3-8B"),
+        FileType("Q6_K", 18, Q6_K, "+0.0217 ppl @ Llama-3-8B"),
+        FileType("Q8_0", 7, Q8_0, "+0.0026 ppl @ Llama-3-8B"),
+        FileType("F16", 1, F16, "+0.0020 ppl @ Mistral-7B"),
+        FileType("BF16", 32, BF16, "-0.0050 ppl @ Mistral-7B"),
+        FileType("F32", 0, F32, ""),
         FileType("COPY", 0, F32, "only copy tensors, no quantizing"),
     )
 }
