@@ -250,4 +250,6 @@ def chat(
     if interactive and not (prompt is not None and single_turn):
         say("chat: /help for commands, Ctrl-D or /exit to leave")
     reader = TerminalInput() if interactive else ScriptInput(sys.stdin)
-    ChatLoop(conversation, reader, not no_show_timings, interactive, launched, verbose).run(prompt, single_turn)
+    # A single turn fails like a script does: a template error is the run's result, not a notice.
+    loop = ChatLoop(conversation, reader, not no_show_timings, interactive and not single_turn, launched, verbose)
+    loop.run(prompt, single_turn)
