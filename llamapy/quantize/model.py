@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gguf.reader import STRING, UINT32, GGUFFile
-from ..gguf.writer import AtomicGGUFWriter, TensorSpec, copy_kv, encode_kv
+from ..gguf.reader import STRING, UINT32
+from ..gguf.writer import AtomicGGUFWriter, TensorSpec, encode_kv
 from ..quants.types import QUANT_TYPES, type_name
 from .mixes import FileType, ModelShape, Options, TypeChooser, file_type_named
+from .source import SourceFile
 from .tensors import convert
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
@@ -76,7 +77,7 @@ def tensor_order(names) -> list[str]:
     return sorted(names, key=lambda n: (_layer_of(n), n))
 
 
-def plan(gguf: GGUFFile, ftype: FileType, opts: Options) -> tuple[list[tuple[str, int]], int]:
+def plan(gguf: SourceFile, ftype: FileType, opts: Options) -> tuple[list[tuple[str, int]], int]:
     """(tensor name, output type) for every tensor in output order, and how many fell back."""
     names = tensor_order(gguf.tensors)
     chooser = TypeChooser(ModelShape.from_kv(gguf.kv), ftype, opts, names)
@@ -101,13 +102,13 @@ def quantize_model(
     opts = opts or Options()
     opts.has_imatrix = bool(imatrix)
     path = Path(out) if out else default_output(inp, ftype.name)
-    with GGUFFile(inp) as gguf:
+    with SourceFile(inp) as gguf:
         chosen, n_fallback = plan(gguf, ftype, opts)
         _check_requantize(gguf, chosen, allow_requantize)
         file_type = ftype.file_type if ftype.name != "COPY" else int(gguf.kv.get("general.file_type", 0))
         specs = [TensorSpec(name, gguf.tensors[name].shape, t) for name, t in chosen]
-        kv = _metadata(inp, file_type, imatrix_info)
-        alignment = int(gguf.kv.get("general.alignment", 32))
+        kv = _metadata(gguf.kv_entries, file_type, imatrix_info)
+        alignment = gguf.alignment
         src_total = dst_total = n_elements = 0
         with AtomicGGUFWriter(path, kv, specs, alignment) as writer:
             for i, spec in enumerate(specs):
@@ -129,7 +130,7 @@ def quantize_model(
                    n_fallback, ftype, path)
 
 
-def _check_requantize(gguf: GGUFFile, chosen, allow: bool) -> None:
+def _check_requantize(gguf: SourceFile, chosen, allow: bool) -> None:
     if allow:
         return
     for name, new_type in chosen:
@@ -155,9 +156,9 @@ def _importance_for(imatrix, name: str, shape) -> np.ndarray | None:
     return values
 
 
-def _metadata(inp, file_type: int, imatrix_info: dict | None) -> list[bytes]:
+def _metadata(entries, file_type: int, imatrix_info: dict | None) -> list[bytes]:
     """The input's metadata byte for byte, then the keys llama-quantize sets, in its order."""
-    kv = [blob for key, blob in copy_kv(inp) if key not in _REPLACED_KEYS]
+    kv = [blob for key, blob in entries if key not in _REPLACED_KEYS]
     kv.append(encode_kv("general.quantization_version", QUANTIZATION_VERSION, UINT32))
     kv.append(encode_kv("general.file_type", file_type, UINT32))
     if imatrix_info:
