@@ -4,13 +4,12 @@ Data goes to a temporary file beside the target (same directory, so the final re
 atomic on one file system) and is renamed over the target at the end; any exception on the
 way — Ctrl-C, a full disk, a failed quantizer — removes the temporary file and leaves no output.
 
-Metadata can be copied from another GGUF byte for byte (`copy_kv`), which keeps each value's
-exact GGUF type, or encoded from Python values (`encode_kv`).
+Metadata entries are given as bytes: copied from another GGUF (quantize/source.py keeps each
+value's exact GGUF type that way) or encoded from Python values with `encode_kv`.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import tempfile
@@ -21,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..quants.types import row_bytes
-from .reader import ARRAY, BOOL, FLOAT32, GGUF_MAGIC, INT32, STRING, UINT32, UINT64, GGUFError
+from .reader import ARRAY, BOOL, FLOAT32, GGUF_MAGIC, INT32, STRING, UINT32, UINT64
 
 GGUF_VERSION = 3
-_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 
 @dataclass(frozen=True)
@@ -62,42 +60,6 @@ def encode_kv(key: str, value, vtype: int, item_type: int | None = None) -> byte
     return head + struct.pack(fmt, value)
 
 
-def copy_kv(path: str | os.PathLike) -> list[tuple[str, bytes]]:
-    """Every metadata entry of a GGUF as (key, its raw bytes), in file order."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != GGUF_MAGIC:
-            raise GGUFError(f"{path}: not a GGUF file")
-        n_kv = struct.unpack_from("<Q", buf, 16)[0]
-        pos, out = 24, []
-        for _ in range(n_kv):
-            start = pos
-            klen = struct.unpack_from("<Q", buf, pos)[0]
-            key = bytes(buf[pos + 8 : pos + 8 + klen]).decode()
-            pos += 8 + klen
-            vtype = struct.unpack_from("<I", buf, pos)[0]
-            pos = _skip_value(buf, pos + 4, vtype)
-            out.append((key, bytes(buf[start:pos])))
-        return out
-
-
-def _skip_value(buf, pos: int, vtype: int) -> int:
-    if vtype == STRING:
-        return pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
-    if vtype == ARRAY:
-        item_type, count = struct.unpack_from("<IQ", buf, pos)
-        pos += 12
-        if item_type == STRING:
-            for _ in range(count):
-                pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
-            return pos
-        if item_type == ARRAY:
-            for _ in range(count):
-                pos = _skip_value(buf, pos, ARRAY)
-            return pos
-        return pos + count * _SIZES[item_type]
-    return pos + _SIZES[vtype]
-
-
 class AtomicGGUFWriter:
     """with AtomicGGUFWriter(path, kv_entries, tensors) as w: w.write_tensor(bytes) per tensor, in order."""
 
@@ -113,6 +75,9 @@ class AtomicGGUFWriter:
     def __enter__(self) -> AtomicGGUFWriter:
         directory = self.path.parent if str(self.path.parent) else Path(".")
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self._tmp, 0o666 & ~mask)  # mkstemp's 0600 would make the model private
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._write_header()
         return self
