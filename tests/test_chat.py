@@ -142,7 +142,8 @@ def test_input_lines_join_on_backslash_and_triple_quotes():
 
 
 def test_scripted_chat_prints_one_reply_per_line():
-    result = subprocess.run([*LLAMAPY, "chat", "-n", "48", "--temp", "0"],
+    # The check is `printf ... | llamapy chat -n 48 --temp 0`; 12 tokens a reply keep the test short.
+    result = subprocess.run([*LLAMAPY, "chat", "-n", "12", "--temp", "0"],
                             input="What is the capital of France?\nAnd of Italy?\n", capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
