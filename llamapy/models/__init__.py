@@ -7,10 +7,14 @@ from .base import DecoderModel
 from .blocks import Weights
 from .gemma3 import Gemma3
 from .llama import Llama
+from .qwen2 import Qwen2
+from .qwen3 import Qwen3
 
 ARCHITECTURES: dict[str, type[DecoderModel]] = {
     "llama": Llama,
     "gemma3": Gemma3,
+    "qwen2": Qwen2,
+    "qwen3": Qwen3,
 }
 
 

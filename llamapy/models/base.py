@@ -104,6 +104,11 @@ def layer_vector(weights: Weights, layer: int, name: str) -> np.ndarray:
     return weights.vector(f"blk.{layer}.{name}.weight")
 
 
+def layer_qkv_biases(weights: Weights, layer: int) -> dict[str, np.ndarray]:
+    """blk.N.attn_{q,k,v}.bias as AttentionLayer options (Qwen2)."""
+    return {f"{x}_bias": weights.vector(f"blk.{layer}.attn_{x}.bias") for x in "qkv"}
+
+
 # --- the tensors of a standard decoder, as validate.py checks them ------------------------------
 
 def model_tensor_specs(c: ModelConfig) -> dict[str, TensorSpec]:
@@ -146,6 +151,14 @@ def rope_factor_specs(c: ModelConfig, *names: str, required: bool = False) -> di
     """One divisor per rotated frequency (rope_freqs.weight, rope_factors_long/short.weight)."""
     half = Dim(c.rope_dim // 2, f"{c.arch}.rope.dimension_count / 2")
     return {name: TensorSpec((half,), required=required) for name in names}
+
+
+def qkv_bias_specs(c: ModelConfig) -> dict[str, TensorSpec]:
+    a = c.arch
+    q = Dim(c.n_head * c.head_dim, f"{a}.attention.head_count × key_length")
+    k = Dim(c.n_head_kv * c.head_dim, f"{a}.attention.head_count_kv × key_length")
+    v = Dim(c.n_head_kv * c.head_dim_v, f"{a}.attention.head_count_kv × value_length")
+    return {"attn_q.bias": TensorSpec((q,)), "attn_k.bias": TensorSpec((k,)), "attn_v.bias": TensorSpec((v,))}
 
 
 def head_norm_specs(c: ModelConfig) -> dict[str, TensorSpec]:

@@ -113,14 +113,21 @@ class AttentionLayer:
     k_norm: np.ndarray | None = None
     norm_eps: float = 1e-6
     window: int = 0  # sliding window in tokens; 0 = full causal attention
+    # Biases added to the q/k/v projections (Qwen2), or None.
+    q_bias: np.ndarray | None = None
+    k_bias: np.ndarray | None = None
+    v_bias: np.ndarray | None = None
 
     def __call__(self, x: np.ndarray, cache: KVCache, layer: int, pos0: int, rope: tuple, scale: float,
                  q_prescale: float = 1.0) -> np.ndarray:
         n = x.shape[0]
         act = self.wq.quantize(x)
-        q = self.wq(x, act).reshape(n, self.n_head, self.head_dim)
-        k = self.wk(x, act).reshape(n, self.n_head_kv, self.head_dim)
-        v = self.wv(x, act).reshape(n, self.n_head_kv, self.head_dim_v)
+        q, k, v = self.wq(x, act), self.wk(x, act), self.wv(x, act)
+        if self.q_bias is not None:
+            q, k, v = q + self.q_bias, k + self.k_bias, v + self.v_bias
+        q = q.reshape(n, self.n_head, self.head_dim)
+        k = k.reshape(n, self.n_head_kv, self.head_dim)
+        v = v.reshape(n, self.n_head_kv, self.head_dim_v)
         if self.q_norm is not None:
             q = norm(q.reshape(-1, self.head_dim), self.q_norm, self.norm_eps).reshape(q.shape)
             k = norm(k.reshape(-1, self.head_dim), self.k_norm, self.norm_eps).reshape(k.shape)
