@@ -215,6 +215,20 @@ def _split_pattern(pre: dict | None) -> str | None:
 
 # --- writing the keys ---------------------------------------------------------------------------
 
+class SpecialVocab(gguf.SpecialVocab):
+    """gguf-py's reader of special ids, add_bos/eos flags, merges and chat template, with the one rule
+    llama.cpp 0c1e570's gguf-py has that the released gguf 0.19.0 lacks: a ByteLevel post-processor
+    (GPT-2 style tokenizers: Qwen, GLM) means add neither BOS nor EOS unless tokenizer_config.json says."""
+
+    def _try_load_from_tokenizer_json(self, path: Path) -> bool:
+        found = super()._try_load_from_tokenizer_json(path)
+        post = ((_json(path / "tokenizer.json") or {}).get("post_processor")) or {}
+        if any(p.get("type") == "ByteLevel" for p in post.get("processors", [post])):
+            self.add_special_token.setdefault("bos", False)
+            self.add_special_token.setdefault("eos", False)
+        return found
+
+
 def add_sentencepiece(gw: gguf.GGUFWriter, folder: Path, vocab_size: int | None, phi3_rules: bool = False) -> None:
     tokens, scores, types = sentencepiece_vocab(folder, vocab_size, phi3_rules)
     gw.add_tokenizer_model("llama")
@@ -222,7 +236,7 @@ def add_sentencepiece(gw: gguf.GGUFWriter, folder: Path, vocab_size: int | None,
     gw.add_token_list(tokens)
     gw.add_token_scores(scores)
     gw.add_token_types(types)
-    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(gw, quiet=True)
+    SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(gw, quiet=True)
 
 
 def add_bpe(gw: gguf.GGUFWriter, folder: Path, vocab_size: int | None, notes: VocabNotes,
@@ -233,7 +247,7 @@ def add_bpe(gw: gguf.GGUFWriter, folder: Path, vocab_size: int | None, notes: Vo
     gw.add_tokenizer_pre(notes.pre)
     gw.add_token_list(tokens)
     gw.add_token_types(types)
-    special = gguf.SpecialVocab(folder, load_merges=True)
+    special = SpecialVocab(folder, load_merges=True)
     for kind, text in (special_overrides or {}).items():
         if text not in tokens:
             raise TokenizerError(f"{folder}: the tokenizer lacks {text}, which a {kind} token must be")
