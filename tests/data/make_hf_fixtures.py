@@ -162,7 +162,7 @@ def qwen3(folder):
 @family("gemma3")
 def gemma3(folder):
     tok = spm_tokenizer(folder, cls=transformers.GemmaTokenizer, bos_token="<s>", eos_token="</s>",
-                        unk_token="<unk>", pad_token="<unk>")
+                        unk_token="<unk>", pad_token="<unk>", add_bos_token=True)
     tok.chat_template = LLAMA2_TEMPLATE
     config = transformers.Gemma3TextConfig(**{**COMMON, "num_key_value_heads": 1, "vocab_size": len(tok)}, head_dim=16,
                                            query_pre_attn_scalar=16, sliding_window=4, rms_norm_eps=1e-6,
