@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..quants._inputs import packed_rows, read_only
@@ -55,5 +56,8 @@ def convert(raw: np.ndarray, src_type: int, dst_type: int, n_cols: int, importan
     _check_quantizable(dst_type)
     rows = packed_rows(raw, src_type, n_cols)
     out = np.empty((rows.shape[0], row_bytes(dst_type, n_cols)), np.uint8)
-    convert_rows(int(src_type), rows, int(dst_type), _weights(importance, n_cols), out, n_cols)
+    # Hand the 16-row tasks out one at a time rather than in one half per thread: on a shared
+    # machine a thread that loses its core then delays only its current task, not half the tensor.
+    with numba.parallel_chunksize(1):
+        convert_rows(int(src_type), rows, int(dst_type), _weights(importance, n_cols), out, n_cols)
     return out
