@@ -47,6 +47,10 @@ class ModelConfig:
     final_logit_softcap: float = 0.0
     file_type: int = -1
     size_label: str = ""
+    # rope.scaling.attn_factor: the magnitude ggml_rope_ext scales cos/sin by (Phi-3's longrope)
+    rope_attn_factor: float = 1.0
+    # rope.scaling.original_context_length: the context the model was pre-trained for (longrope's switch)
+    n_ctx_orig: int = 0
 
     @property
     def gqa_ratio(self) -> int:
@@ -91,6 +95,9 @@ class ModelConfig:
             final_logit_softcap=keys.real("final_logit_softcapping", 0.0),
             file_type=_int_or(kv.get("general.file_type"), -1),
             size_label=str(kv.get("general.size_label", "")),
+            rope_attn_factor=keys.real("rope.scaling.attn_factor", 1.0, positive=True, below=1e3),
+            n_ctx_orig=keys.integer("rope.scaling.original_context_length", lo=1, hi=MAX_CONTEXT,
+                                    default=keys.integer("context_length", lo=1, hi=MAX_CONTEXT, default=2048)),
         )
 
 

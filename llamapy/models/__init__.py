@@ -6,7 +6,9 @@ from ..config import ModelConfig
 from .base import DecoderModel
 from .blocks import Weights
 from .gemma3 import Gemma3
+from .glm4 import Glm4
 from .llama import Llama
+from .phi3 import Phi3
 from .qwen2 import Qwen2
 from .qwen3 import Qwen3
 
@@ -15,6 +17,8 @@ ARCHITECTURES: dict[str, type[DecoderModel]] = {
     "gemma3": Gemma3,
     "qwen2": Qwen2,
     "qwen3": Qwen3,
+    "phi3": Phi3,
+    "glm4": Glm4,
 }
 
 

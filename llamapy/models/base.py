@@ -153,12 +153,13 @@ def rope_factor_specs(c: ModelConfig, *names: str, required: bool = False) -> di
     return {name: TensorSpec((half,), required=required) for name in names}
 
 
-def qkv_bias_specs(c: ModelConfig) -> dict[str, TensorSpec]:
+def qkv_bias_specs(c: ModelConfig, required: bool = True) -> dict[str, TensorSpec]:
     a = c.arch
     q = Dim(c.n_head * c.head_dim, f"{a}.attention.head_count × key_length")
     k = Dim(c.n_head_kv * c.head_dim, f"{a}.attention.head_count_kv × key_length")
     v = Dim(c.n_head_kv * c.head_dim_v, f"{a}.attention.head_count_kv × value_length")
-    return {"attn_q.bias": TensorSpec((q,)), "attn_k.bias": TensorSpec((k,)), "attn_v.bias": TensorSpec((v,))}
+    return {name: TensorSpec((dim,), required=required)
+            for name, dim in (("attn_q.bias", q), ("attn_k.bias", k), ("attn_v.bias", v))}
 
 
 def head_norm_specs(c: ModelConfig) -> dict[str, TensorSpec]:

@@ -78,6 +78,17 @@ class Weights:
         n_out = info.n_elements // n_in
         return Linear(self.gguf.raw(name), info.type_id, n_in, n_out, name)
 
+    def split_linear(self, name: str, sizes: list[int]) -> list[Linear]:
+        """A fused weight (Phi-3's attn_qkv, ffn_up = gate|up) as one Linear per consecutive block of output
+        rows: each output is the same row's dot product as in the fused product, so results are unchanged."""
+        info = self._info(name)
+        n_in, raw = info.shape[0], self.gguf.raw(name)
+        if sum(sizes) != raw.shape[0]:
+            raise MissingTensor(f"{self.gguf.path}: tensor {name} has {raw.shape[0]} rows, expected {sum(sizes)}")
+        bounds = np.cumsum([0, *sizes])
+        return [Linear(raw[a:b], info.type_id, n_in, int(b - a), name)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
     def vector(self, name: str) -> np.ndarray:
         self._info(name)
         return np.ascontiguousarray(self.gguf.array(name), dtype=np.float32)

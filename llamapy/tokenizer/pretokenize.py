@@ -49,7 +49,9 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     **dict.fromkeys(
         ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"], _LLAMA3
     ),
-    **dict.fromkeys(["dbrx", "smaug-bpe"], PreTokenizer((LLAMA3,))),
+    **dict.fromkeys(["dbrx", "smaug-bpe", "chatglm-bpe"], PreTokenizer((LLAMA3,))),
+    # GLM-4's expression is Llama 3's; llama.cpp also drops its BOS (none in the converted files' flags).
+    **dict.fromkeys(["glm4", "glm5"], PreTokenizer((LLAMA3,), ignore_merges=True)),
     "falcon": PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]")),
     **dict.fromkeys(["starcoder", "refact", "codeshell", "exaone", "minerva"], _CODE),
     **dict.fromkeys(["smollm", "command-r"], PreTokenizer((r"\p{N}", GPT2), clean_spaces=False)),
