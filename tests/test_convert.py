@@ -34,8 +34,8 @@ _AFTER_SPECIAL = ("llama.cpp prefixes a space to every text fragment that follow
 _ADDED_OUTSIDE_SPM = ("<mask> exists only in tokenizer.json's added tokens (transformers 5 writes no "
                       "added_tokens_decoder); llama.cpp's SPM path, and so the GGUF, does not have it as a token")
 KNOWN_TOKENIZER_DIFFERENCES: dict[tuple[str, int], str] = {
-    **{(family, 1): _LEADING_SPACES for family in ("llama2", "mistral")},
-    **{(family, 8): _AFTER_SPECIAL for family in ("llama2", "mistral")},
+    **{(family, 1): _LEADING_SPACES for family in ("llama2", "mistral", "phi3")},
+    **{(family, 8): _AFTER_SPECIAL for family in ("llama2", "mistral", "phi3")},
     ("gemma3", 8): _ADDED_OUTSIDE_SPM,
 }
 

@@ -1,13 +1,13 @@
 """A Hugging Face checkpoint folder: config.json and its safetensors, read one tensor at a time.
 
-Each .safetensors file is memory-mapped and only its JSON header is parsed up front; a tensor's bytes
-are touched when it is asked for, so a checkpoint larger than memory converts.
+Only each .safetensors file's JSON header is parsed up front; a tensor's bytes are read from its shard
+when it is asked for and freed once written, so a checkpoint larger than memory converts. (Reads rather
+than a memory map: pages of a map stay in the process's resident set until it is unmapped.)
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +52,7 @@ class Checkpoint:
             raise CheckpointError(f"{folder}: not a directory")
         self.config = read_config(self.folder)
         self.entries: dict[str, TensorEntry] = {}
-        self._maps: dict[Path, tuple[mmap.mmap, int]] = {}
+        self._data_start: dict[Path, int] = {}
         for shard in self._shards():
             for entry in _read_header(shard):
                 self.entries[entry.name] = entry
@@ -87,24 +87,20 @@ class Checkpoint:
                 raise CheckpointError(f"{self.folder}: tensor {name} is not in shard {shard} as {INDEX_NAME} says")
 
     def load(self, name: str) -> np.ndarray:
-        """The tensor as float32 (F32, BF16) or float16 (F16), read from the mapped shard."""
+        """The tensor as float32 (F32, BF16) or float16 (F16), read from its shard."""
         e = self.entries[name]
-        buf, base = self._map(e.shard)
+        if e.shard not in self._data_start:
+            with open(e.shard, "rb") as f:
+                self._data_start[e.shard] = 8 + struct.unpack("<Q", f.read(8))[0]
         count = int(np.prod(e.shape)) if e.shape else 1
-        raw = np.frombuffer(buf, dtype=_DTYPES[e.dtype], count=count, offset=base + e.start).reshape(e.shape)
+        raw = np.fromfile(e.shard, dtype=_DTYPES[e.dtype], count=count,
+                          offset=self._data_start[e.shard] + e.start).reshape(e.shape)
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw
 
-    def _map(self, shard: Path) -> tuple[mmap.mmap, int]:
-        if shard not in self._maps:
-            with open(shard, "rb") as f:
-                header_len = struct.unpack("<Q", f.read(8))[0]
-                self._maps[shard] = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), 8 + header_len)
-        return self._maps[shard]
-
     def close(self) -> None:
-        self._maps.clear()  # the arrays handed out keep their maps alive until they go
+        self._data_start.clear()
 
 
 def _read_header(shard: Path) -> list[TensorEntry]:

@@ -246,11 +246,85 @@ class Gemma3(Family):
         return data
 
 
+class Phi3(Family):
+    """Phi-3 keeps its fused qkv_proj / gate_up_proj (attn_qkv, ffn_up); longrope factors are tensors."""
+    arch = gguf.MODEL_ARCH.PHI3
+
+    def _rope_dims(self) -> int:
+        hp = self.hp
+        n_embd, n_head = find(hp, "hidden_size", "n_embd"), find(hp, "num_attention_heads", "n_head")
+        return int(self.rope.get("partial_rotary_factor", 1.0) * n_embd) // n_head
+
+    def add_params(self, gw, ftype):
+        hp = self.hp
+        gw.add_context_length(find(hp, "n_positions", "max_position_embeddings"))
+        gw.add_rope_scaling_orig_ctx_len(self.rope["original_max_position_embeddings"])
+        gw.add_embedding_length(find(hp, "hidden_size", "n_embd"))
+        gw.add_feed_forward_length(hp["intermediate_size"])
+        gw.add_block_count(self.n_layer)
+        gw.add_head_count(find(hp, "num_attention_heads", "n_head"))
+        gw.add_head_count_kv(find(hp, "num_key_value_heads", "n_head_kv"))
+        gw.add_layer_norm_rms_eps(hp["rms_norm_eps"])
+        gw.add_rope_dimension_count(self._rope_dims())
+        gw.add_rope_freq_base(self.rope.get("full_attention", self.rope)["rope_theta"])
+        gw.add_file_type(ftype)
+        gw.add_sliding_window(hp.get("sliding_window") or 0)
+
+    def add_vocab(self, gw):
+        config = vocab._json(self.folder / "tokenizer_config.json")
+        if config is not None and config.get("tokenizer_class") == "GPT2Tokenizer":  # Phi-4
+            self.notes.kind = "BPE (tokenizer.json)"
+            vocab.add_bpe(gw, self.folder, self.hp.get("vocab_size"), self.notes)
+            return
+        if not vocab.has_sentencepiece(self.folder):
+            raise TokenizerError(f"{self.folder}: no tokenizer.model (Phi-3 uses a SentencePiece tokenizer)")
+        self.notes.kind = "SPM (tokenizer.model)"
+        vocab.add_sentencepiece(gw, self.folder, self.hp.get("vocab_size"), phi3_rules=True)
+
+    def extra_tensors(self, gw):
+        long, short = self.rope.get("long_factor"), self.rope.get("short_factor")
+        if not long:
+            return []
+        hp = self.hp
+        orig = self.rope["original_max_position_embeddings"]
+        scale = find(hp, "n_positions", "max_position_embeddings") / orig
+        kind = str(self.rope.get("rope_type", "")).lower()
+        if kind in ("su", "longrope"):
+            attn_factor = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+        else:
+            raise UnsupportedModel(f"Phi-3 rope scaling {kind or 'without a type'} is not supported")
+        gw.add_rope_scaling_attn_factors(attn_factor)
+        if short is None or len(long) != len(short) or len(long) != self._rope_dims() / 2:
+            raise UnsupportedModel(f"Phi-3 rope long/short factors must both have {self._rope_dims() // 2} values")
+        return [("rope_factors_long.weight", np.array(long, dtype=np.float32)),
+                ("rope_factors_short.weight", np.array(short, dtype=np.float32))]
+
+
+class Glm4(Family):
+    """transformers' Glm4ForCausalLM as llama.cpp's `glm4`: rope on the first partial_rotary_factor of each head."""
+    arch = gguf.MODEL_ARCH.GLM4
+
+    def add_params(self, gw, ftype):
+        super().add_params(gw, ftype)
+        gw.add_rope_dimension_count(int(self.head_dim() * self.rope.get("partial_rotary_factor", 0.5)))
+
+    def add_vocab(self, gw):
+        if "mrope_section" in self.rope:
+            raise UnsupportedModel("GLM-4V (M-RoPE) checkpoints are not supported")
+        if not vocab.has_bpe(self.folder):
+            raise TokenizerError(f"{self.folder}: no tokenizer.json (GLM-4 uses a BPE tokenizer)")
+        self.notes.kind = "BPE (tokenizer.json)"
+        specials = {"eos": "<|endoftext|>", "eot": "<|user|>", "unk": "<|endoftext|>", "bos": "<|endoftext|>"}
+        vocab.add_bpe(gw, self.folder, self.hp.get("vocab_size"), self.notes, specials, {"llama-bpe": "glm4"})
+
+
 FAMILIES: dict[str, type[Family]] = {
     **dict.fromkeys(["LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM"], Llama),
     "Qwen2ForCausalLM": Qwen2,
     "Qwen3ForCausalLM": Qwen3,
     "Gemma3ForCausalLM": Gemma3,
+    "Phi3ForCausalLM": Phi3,
+    "Glm4ForCausalLM": Glm4,
 }
 
 

@@ -186,13 +186,15 @@ _TAIL = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _SPLIT_PRE = {_HEAD + r"\p{N}{1,3}" + _TAIL: "llama-bpe", _HEAD + r"\p{N}" + _TAIL: "qwen2"}
 
 
-def bpe_pre(folder: Path, notes: VocabNotes) -> str:
+def bpe_pre(folder: Path, notes: VocabNotes, renames: dict[str, str] | None = None) -> str:
+    """llama.cpp's name for the vocabulary's hash; for a hash it does not list, the name of a known split
+    expression (`renames`: a family's own name for it, as GLM's glm4 for Llama 3's expression)."""
     digest = check_hash(folder)
     if digest in PRE_BY_HASH:
         return PRE_BY_HASH[digest]
     pattern = _split_pattern(_json(folder / "tokenizer.json").get("pre_tokenizer"))
     if pattern in _SPLIT_PRE:
-        name = _SPLIT_PRE[pattern]
+        name = (renames or {}).get(_SPLIT_PRE[pattern], _SPLIT_PRE[pattern])
         notes.warnings.append(f"llama.cpp does not know this vocabulary (chkhsh {digest[:12]}…); its "
                               f"pre-tokenizer regex is {name}'s, so tokenizer.ggml.pre = {name}")
         return name
@@ -240,9 +242,9 @@ def add_sentencepiece(gw: gguf.GGUFWriter, folder: Path, vocab_size: int | None,
 
 
 def add_bpe(gw: gguf.GGUFWriter, folder: Path, vocab_size: int | None, notes: VocabNotes,
-            special_overrides: dict[str, str] | None = None) -> None:
+            special_overrides: dict[str, str] | None = None, pre_renames: dict[str, str] | None = None) -> None:
     tokens, types = bpe_vocab(folder, vocab_size)
-    notes.pre = bpe_pre(folder, notes)
+    notes.pre = bpe_pre(folder, notes, pre_renames)
     gw.add_tokenizer_model("gpt2")
     gw.add_tokenizer_pre(notes.pre)
     gw.add_token_list(tokens)

@@ -26,6 +26,8 @@ OUT = HERE / "hf"
 TRAIN_TEXT = (HERE / "hellaswag_sample.txt").read_text(encoding="utf-8")
 VOCAB = 384
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b", "Hello"]
+# Phi-3 also gets a prompt longer than its pre-training context of 64: both sides then take the long factors.
+LONG_PROMPTS = {"phi3": [TRAIN_TEXT[:160]]}
 # Strings whose ids our tokenizer must reproduce (special-token texts are added per family).
 TOKENIZER_STRINGS = ["Hello world", "  leading spaces and\ttabs\n\nnewlines", "def f(x):\n    return x ** 2  # code",
                      "café naïve façade résumé", "日本語のテキスト 中文", "emoji 🦙🚀 done", "3.14159 and 1234567",
@@ -173,6 +175,35 @@ def gemma3(folder):
     return tok, transformers.Gemma3ForCausalLM(config)
 
 
+@family("phi3")
+def phi3(folder):
+    tok = spm_tokenizer(folder, add_bos_token=True)
+    tok.chat_template = LLAMA2_TEMPLATE
+    head_dim = COMMON["hidden_size"] // COMMON["num_attention_heads"]
+    g = torch.Generator().manual_seed(3)
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0,
+            "short_factor": (1 + torch.rand(head_dim // 2, generator=g)).tolist(),
+            "long_factor": (2 + 4 * torch.rand(head_dim // 2, generator=g)).tolist()}
+    config = transformers.Phi3Config(**{**COMMON, "max_position_embeddings": 256}, original_max_position_embeddings=64,
+                                     rope_parameters=rope, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                     bos_token_id=1, eos_token_id=2, pad_token_id=0, sliding_window=None)
+    return tok, transformers.Phi3ForCausalLM(config)
+
+
+@family("glm4")
+def glm4(folder):
+    specials = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"]
+    template = ("[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok = fast(bpe_tokenizer(LLAMA3_SPLIT, specials, None), template, eos_token="<|endoftext|>",
+               pad_token="<|endoftext|>")
+    config = transformers.Glm4Config(**COMMON, head_dim=32, attention_bias=True, rms_norm_eps=1e-5,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                      "partial_rotary_factor": 0.5},
+                                     tie_word_embeddings=False, eos_token_id=VOCAB - 6, pad_token_id=VOCAB - 6)
+    return tok, transformers.Glm4ForCausalLM(config)
+
+
 def write(name: str) -> None:
     folder = OUT / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -187,7 +218,7 @@ def write(name: str) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     arrays = {}
     with torch.no_grad():
-        for i, prompt in enumerate(PROMPTS):
+        for i, prompt in enumerate(PROMPTS + LONG_PROMPTS.get(name, [])):
             ids = tok(prompt)["input_ids"]
             arrays[f"ids_{i}"] = np.array(ids, dtype=np.int64)
             arrays[f"logits_{i}"] = reference(torch.tensor([ids])).logits[0].numpy().astype(np.float32)
