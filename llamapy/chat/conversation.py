@@ -115,6 +115,7 @@ class Chat:
         if params.seed is not None:  # a fixed seed still gives each reply (and /regen) its own draws
             params = replace(params, seed=params.seed + self.n_replies)
         self.n_replies += 1
+        self.last_timings = None  # an interrupted prefill leaves none: never report the turn before's
         pieces: list[str] = []
         try:
             for step in generate(self.session, turn.tokens, self.n_predict, params, stop=self.stop,
