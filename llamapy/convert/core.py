@@ -57,10 +57,10 @@ class ConvertResult:
 
 
 def auto_outtype(ckpt: Checkpoint) -> str:
-    """llama.cpp's `auto`: bf16 if the first matrix is bfloat16, else f16."""
+    """llama.cpp's `auto`: the first 16-bit matrix decides (bf16 or f16); f16 when all are float32."""
     for entry in ckpt.entries.values():
-        if len(entry.shape) >= 2:
-            return "bf16" if entry.dtype == "BF16" else "f16"
+        if len(entry.shape) >= 2 and entry.dtype in ("BF16", "F16"):
+            return entry.dtype.lower()
     return "f16"
 
 

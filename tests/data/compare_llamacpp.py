@@ -10,6 +10,7 @@ told the pre-tokenizer name llamapy chose, since it would otherwise refuse them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -76,7 +77,12 @@ def compare(folder: Path, outtype: str, work: Path) -> list[str]:
             problems.append(f"tensor {n}: {what} differs ({sa} {ta} vs {sb} {tb})")
     if list(t_a) != list(t_b):
         problems.append("tensor order differs")
-    return problems
+    return problems, _sha256(ours.path) == _sha256(theirs)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def main() -> int:
@@ -85,10 +91,11 @@ def main() -> int:
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         for outtype in outtypes:
-            problems = compare(folder, outtype, Path(tmp))
+            problems, same_file = compare(folder, outtype, Path(tmp))
             failed |= bool(problems)
-            print(f"{folder.name} {outtype}: " + ("identical (general.* aside)" if not problems else
-                                                  f"{len(problems)} differences"))
+            verdict = ("identical (general.* aside)" + ("; whole files sha256-identical" if same_file else "")
+                       if not problems else f"{len(problems)} differences")
+            print(f"{folder.name} {outtype}: {verdict}")
             for p in problems[:20]:
                 print("   ", p)
     return 1 if failed else 0
