@@ -198,3 +198,20 @@ def test_tiny_models_run_unharmed(tiny_models):
         model = Model(path)
         steps = list(model.generate("the", n_predict=4, temp=0))
         assert len(steps) >= 1
+
+
+HF_FIXTURES = Path(__file__).parent / "data" / "hf"
+FAMILIES = sorted(p.name for p in HF_FIXTURES.iterdir() if (p / "config.json").is_file()) \
+    if HF_FIXTURES.is_dir() else []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_battery_on_every_converted_family(family, tmp_path):
+    """One tiny model of each architecture we run, as `llamapy convert` writes it (Q8_0 weights)."""
+    from llamapy.convert import convert
+
+    source = convert(HF_FIXTURES / family, tmp_path / f"{family}.gguf", "q8_0").path
+    work = tmp_path / "work"
+    work.mkdir()
+    outcomes = run_battery(Path(source), work, n_tensors=16, n_flips=60, n_truncations=16)
+    assert outcomes["error"] > 100 and outcomes["ok"] > 0, outcomes

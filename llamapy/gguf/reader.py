@@ -20,6 +20,8 @@ from .strings import read_string_array
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
+MAX_NAME = 64  # ggml's GGML_MAX_NAME, the terminating NUL included
+MAX_KEY = 256  # no real key comes near; a longer one is a damaged length
 
 # GGUF metadata value types
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
@@ -38,6 +40,12 @@ _NUMPY = {
 
 class GGUFError(ValueError):
     """A file that is not a valid GGUF; the message is one line that says what is wrong."""
+
+
+def shown(text: str, limit: int = 48) -> str:
+    """A name from the file as an error message may quote it: escaped, one line, short."""
+    text = repr(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,8 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: corrupt header (tensor count {n_tensors}, metadata count {n_kv})")
         for i in range(n_kv):
             key = cur.string(f"metadata key #{i}")
+            if len(key) > MAX_KEY or not key.isprintable():
+                raise GGUFError(f"{self.path}: metadata key #{i} is damaged ({shown(key)})")
             vtype = cur.u32(f"type of {key}")
             self.kv[key] = cur.value(vtype, key)
         infos = [self._tensor_info(cur, i) for i in range(n_tensors)]
@@ -196,6 +206,9 @@ class GGUFFile:
 
     def _tensor_info(self, cur: _Cursor, i: int) -> TensorInfo:
         name = cur.string(f"tensor name #{i}")
+        if len(name.encode()) >= MAX_NAME or not name.isprintable():
+            raise GGUFError(f"{self.path}: tensor #{i} has a damaged name ({shown(name)}; ggml allows "
+                            f"{MAX_NAME - 1} printable bytes)")
         n_dims = cur.u32(f"dims of {name}")
         if not 1 <= n_dims <= MAX_DIMS:
             raise GGUFError(f"{self.path}: tensor {name} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
