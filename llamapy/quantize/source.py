@@ -52,7 +52,8 @@ class SourceFile:
         if version not in (2, 3):
             raise GGUFError(f"{self.path}: unsupported GGUF version {version} (supported: 2, 3)")
         if n_tensors > self.size // 8 or n_kv > self.size // 8:
-            raise GGUFError(f"{self.path}: truncated or corrupt header (tensor count {n_tensors}, metadata count {n_kv})")
+            raise GGUFError(f"{self.path}: truncated or corrupt header "
+                            f"(tensor count {n_tensors}, metadata count {n_kv})")
         pos = 24
         for _ in range(n_kv):
             start = pos
