@@ -7,6 +7,7 @@ One `Family` subclass per llama.cpp converter class we follow; `FAMILIES` maps t
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -227,6 +228,7 @@ class Gemma3(Family):
         if vocab.has_sentencepiece(self.folder):
             gw.add_add_space_prefix(False)
 
+    @functools.cached_property
     def _vocab_rows(self) -> int:
         if vocab.has_sentencepiece(self.folder):
             return len(vocab.sentencepiece_vocab(self.folder, self.hp.get("vocab_size"))[0])
@@ -235,12 +237,12 @@ class Gemma3(Family):
 
     def shape_of(self, hf_name, shape):
         if "embed_tokens.weight" in hf_name:  # rows past the tokenizer's vocabulary are dropped
-            return (min(shape[0], self._vocab_rows()), *shape[1:])
+            return (min(shape[0], self._vocab_rows), *shape[1:])
         return shape
 
     def rewrite(self, hf_name, data):
         if "embed_tokens.weight" in hf_name:
-            data = data[:self._vocab_rows()]
+            data = data[:self._vocab_rows]
         if hf_name.endswith("norm.weight"):  # Gemma3RMSNorm scales by (1 + weight)
             data = data + data.dtype.type(1.0)
         return data

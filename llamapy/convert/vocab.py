@@ -146,6 +146,9 @@ def bpe_vocab(folder: Path, vocab_size: int | None):
     spec = _json(folder / "tokenizer.json")
     if spec is None or spec.get("model", {}).get("type") != "BPE":
         raise TokenizerError(f"{folder}: tokenizer.json holds no BPE model")
+    if spec["model"].get("byte_fallback"):  # llama.cpp reads these as SentencePiece (its LlamaHfVocab)
+        raise TokenizerError(f"{folder}: a SentencePiece-style tokenizer.json needs its tokenizer.model, "
+                             "which is missing")
     by_id = {i: t for t, i in spec["model"]["vocab"].items()}
     added = {d["id"]: d for d in spec.get("added_tokens", [])}
     for i, d in added.items():
