@@ -26,14 +26,18 @@ LLAMAPY = [sys.executable, "-m", "llamapy.commands.main"]
 TOLERANCE = 1e-3  # max |ours - transformers| over every logit of every position (float16 KV cache included)
 
 # Where our tokenizer on the converted file and transformers' disagree, and why (family, string index).
-# Both are llama.cpp's behaviour (llama-vocab.cpp), which ours follows; the first is sentencepiece's too.
+# Each is llama.cpp's behaviour (llama-vocab.cpp), which ours follows and tests/data/
+# compare_llamacpp_tokenizer.py checks with llama-tokenize; the first is sentencepiece's too.
 _LEADING_SPACES = ("transformers' converted SPM drops the dummy prefix before text that starts with a space; "
                    "sentencepiece and llama.cpp keep it (three ▁ for two spaces)")
 _AFTER_SPECIAL = ("llama.cpp prefixes a space to every text fragment that follows a special token "
                   "(is_prev_special); transformers only to the first")
 _ADDED_OUTSIDE_SPM = ("<mask> exists only in tokenizer.json's added tokens (transformers 5 writes no "
                       "added_tokens_decoder); llama.cpp's SPM path, and so the GGUF, does not have it as a token")
+_PHI3_RSTRIP = ("llama.cpp lets Phi-3's special tokens (but <s>, <unk>, <|endoftext|>) eat the whitespace "
+                "after them, chosen by the model name; transformers keeps it")
 KNOWN_TOKENIZER_DIFFERENCES: dict[tuple[str, int], str] = {
+    ("phi3", 9): _PHI3_RSTRIP,
     **{(family, 1): _LEADING_SPACES for family in ("llama2", "mistral", "phi3")},
     **{(family, 8): _AFTER_SPECIAL for family in ("llama2", "mistral", "phi3")},
     ("gemma3", 8): _ADDED_OUTSIDE_SPM,

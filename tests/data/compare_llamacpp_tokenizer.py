@@ -33,7 +33,7 @@ EXTRA_STRINGS = ["Hello<|im_start|>user\nHi<|im_end|>", "<s>[INST] Hi [/INST]", 
 def llama_cpp_ids(gguf: Path, text: str, work: Path) -> list[int]:
     prompt = work / "prompt.txt"
     prompt.write_bytes(text.encode("utf-8"))
-    out = subprocess.run([TOKENIZE, "-m", str(gguf), "-f", str(prompt), "--ids", "--parse-special", "--no-escape",
+    out = subprocess.run([TOKENIZE, "-m", str(gguf), "-f", str(prompt), "--ids", "--no-escape",
                           "--log-disable"], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

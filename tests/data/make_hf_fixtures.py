@@ -28,6 +28,8 @@ VOCAB = 384
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b", "Hello"]
 # Phi-3 also gets a prompt longer than its pre-training context of 64: both sides then take the long factors.
 LONG_PROMPTS = {"phi3": [TRAIN_TEXT[:160]]}
+# Phi-3's chat tokens, which llama.cpp (and llamapy) let eat the whitespace after them.
+EXTRA_STRINGS = {"phi3": ["<|user|>\nHi there <|end|>\n<|assistant|>\n Sure"]}
 # Strings whose ids our tokenizer must reproduce (special-token texts are added per family).
 TOKENIZER_STRINGS = ["Hello world", "  leading spaces and\ttabs\n\nnewlines", "def f(x):\n    return x ** 2  # code",
                      "café naïve façade résumé", "日本語のテキスト 中文", "emoji 🦙🚀 done", "3.14159 and 1234567",
@@ -178,13 +180,17 @@ def gemma3(folder):
 @family("phi3")
 def phi3(folder):
     tok = spm_tokenizer(folder, add_bos_token=True)
-    tok.chat_template = LLAMA2_TEMPLATE
+    # Phi-3's added tokens (llama.cpp needs <|endoftext|> to set Phi-3's whitespace-stripping rules).
+    tok.add_tokens(["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>"], special_tokens=True)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
     head_dim = COMMON["hidden_size"] // COMMON["num_attention_heads"]
     g = torch.Generator().manual_seed(3)
     rope = {"rope_type": "longrope", "rope_theta": 10000.0,
             "short_factor": (1 + torch.rand(head_dim // 2, generator=g)).tolist(),
             "long_factor": (2 + 4 * torch.rand(head_dim // 2, generator=g)).tolist()}
-    config = transformers.Phi3Config(**{**COMMON, "max_position_embeddings": 256}, original_max_position_embeddings=64,
+    config = transformers.Phi3Config(**{**COMMON, "max_position_embeddings": 256, "vocab_size": len(tok)},
+                                     original_max_position_embeddings=64,
                                      rope_parameters=rope, rms_norm_eps=1e-5, tie_word_embeddings=False,
                                      bos_token_id=1, eos_token_id=2, pad_token_id=0, sliding_window=None)
     return tok, transformers.Phi3ForCausalLM(config)
@@ -222,7 +228,7 @@ def write(name: str) -> None:
             ids = tok(prompt)["input_ids"]
             arrays[f"ids_{i}"] = np.array(ids, dtype=np.int64)
             arrays[f"logits_{i}"] = reference(torch.tensor([ids])).logits[0].numpy().astype(np.float32)
-    strings = TOKENIZER_STRINGS + [" ".join(t for t in tok.all_special_tokens)]
+    strings = TOKENIZER_STRINGS + [" ".join(t for t in tok.all_special_tokens)] + EXTRA_STRINGS.get(name, [])
     for i, text in enumerate(strings):
         arrays[f"tok_{i}"] = np.array(tok(text)["input_ids"], dtype=np.int64)
     np.savez_compressed(folder / "reference.npz", **arrays)
