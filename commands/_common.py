@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 
 import typer
 
@@ -43,10 +45,49 @@ def user_errors(func):
             raise typer.Exit(130) from None
         except BrokenPipeError:
             raise typer.Exit(0) from None
-        except USER_ERRORS as e:
+        except Exception as e:
+            # Ctrl-C landing inside a numba kernel surfaces as another error caused by KeyboardInterrupt.
+            if _caused_by_interrupt(e):
+                print(file=sys.stderr)
+                raise typer.Exit(130) from None
+            if not isinstance(e, USER_ERRORS):
+                raise
             fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
     return wrapper
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class DeferredInterrupt:
+    """Ctrl-C as a flag checked between steps, so it never lands inside a numba kernel (which turns it
+    into an opaque SystemError). Works on the main thread only; elsewhere Ctrl-C stays as it was."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
 
 
 def set_threads(n: int | None) -> None:

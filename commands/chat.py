@@ -1,8 +1,9 @@
 """`llamapy chat`: llama-cli's conversation mode. A prompt `> `, streamed replies, a cache kept across turns.
 
-The model runs on this (the main) thread; Ctrl-C during a reply arrives as KeyboardInterrupt in the
-generation loop, ends that reply and returns to the prompt. Replies go to stdout, everything else
-(stats lines, notices) to stderr. With stdin not a terminal each input line is one message.
+The model runs on this (the main) thread; Ctrl-C during a reply sets a flag that the generation loop
+checks between tokens (never an exception inside a kernel), ends that reply and returns to the prompt.
+Replies go to stdout, everything else (stats lines, notices) to stderr.
+With stdin not a terminal each input line is one message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail, open_model, sampling_options, set_threads, user_errors
+from ._common import DeferredInterrupt, fail, open_model, sampling_options, set_threads, user_errors
 from .chat_input import ScriptInput, TerminalInput
 
 DEFAULT_CTX = 4096
@@ -83,12 +84,15 @@ class ChatLoop:
         out = sys.stdout
         finish = None
         try:
-            with contextlib.closing(self.chat.respond(turn)) as steps:
+            with DeferredInterrupt() as ctrl_c, contextlib.closing(self.chat.respond(turn)) as steps:
                 for step in steps:
                     if step.text:
                         out.write(step.text)
                         out.flush()
                     finish = step.finish
+                    if ctrl_c.requested:
+                        finish = "interrupted"
+                        break
         except KeyboardInterrupt:
             finish = "interrupted"
         out.write("\n")
