@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ModelConfig
+from ..kernels.rope import ROPE_NORMAL
 from ..kv_cache import KVCache
 from ..validate import Dim, TensorSpec, check_context_memory
 from .blocks import AttentionLayer, FeedForward, Linear, RopeCache, Weights, norm
@@ -78,6 +79,38 @@ class DecoderModel:
 
     def layer_forward(self, x, layer, cache, pos0, rope: RopeCache) -> np.ndarray:
         raise NotImplementedError
+
+
+
+class PreNormDecoder(DecoderModel):
+    """Llama's layer: x + attention(norm(x)), then x + SwiGLU(norm(x)). Llama, Qwen2 and Qwen3 differ only
+    in their RoPE order and what their attention carries (biases, q/k norms)."""
+
+    rope_mode = ROPE_NORMAL
+
+    def __init__(self, weights: Weights, config: ModelConfig):
+        super().__init__(weights, config)
+        self.layers = [self._load_layer(i) for i in range(config.n_layer)]
+        self.attn_scale = 1.0 / np.sqrt(config.head_dim)
+
+    def attention_options(self, layer: int) -> dict:
+        """Extra AttentionLayer fields of one layer (q/k/v biases, q/k norms)."""
+        return {}
+
+    def _load_layer(self, i: int) -> dict:
+        w = self.weights
+        return {
+            "attn_norm": layer_vector(w, i, "attn_norm"),
+            "attn": layer_attention(w, self.config, i, self.rope_mode, **self.attention_options(i)),
+            "ffn_norm": layer_vector(w, i, "ffn_norm"),
+            "ffn": layer_feed_forward(w, i, "silu"),
+        }
+
+    def layer_forward(self, x, layer, cache, pos0, rope):
+        p, eps = self.layers[layer], self.config.rms_eps
+        tables = rope.slice(self.config.rope_base, pos0, x.shape[0])
+        x = x + p["attn"](norm(x, p["attn_norm"], eps), cache, layer, pos0, tables, self.attn_scale)
+        return x + p["ffn"](norm(x, p["ffn_norm"], eps))
 
 
 def layer_attention(weights: Weights, config: ModelConfig, layer: int, rope_mode: int, **options) -> AttentionLayer:
