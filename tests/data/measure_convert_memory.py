@@ -52,7 +52,7 @@ def write_shard(path: Path, items, rng) -> None:
     head = json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(head)) + head)
-        for name, shape in items:
+        for _name, shape in items:
             f.write(bf16(shape, rng))
 
 
@@ -87,7 +87,8 @@ def main() -> int:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     mib = 2**20
     print(f"shards: {[round(s.stat().st_size / mib) for s in shards]} MiB; largest {largest / mib:.0f} MiB; "
-          f"convert --outtype {outtype} peak RSS {peak / mib:.0f} MiB = largest shard + {(peak - largest) / mib:.0f} MiB; "
+          f"convert --outtype {outtype} peak RSS {peak / mib:.0f} MiB = "
+          f"largest shard + {(peak - largest) / mib:.0f} MiB; "
           f"output {(work / 'out.gguf').stat().st_size / mib:.0f} MiB")
     shutil.rmtree(work / "ckpt")
     (work / "out.gguf").unlink()
