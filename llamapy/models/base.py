@@ -30,8 +30,9 @@ class DecoderModel:
     def tensor_specs(cls, config: ModelConfig) -> dict[str, TensorSpec]:
         """Every tensor the architecture reads, with the shape its config implies."""
         specs = model_tensor_specs(config)
+        per_layer = cls.layer_specs(config)
         for layer in range(config.n_layer):
-            specs.update({f"blk.{layer}.{name}": spec for name, spec in cls.layer_specs(config).items()})
+            specs.update({f"blk.{layer}.{name}": spec for name, spec in per_layer.items()})
         return specs
 
     @classmethod
