@@ -1,15 +1,74 @@
-"""`llamapy`: one entry point, llama.cpp's tools as subcommands."""
+"""`llamapy`: one entry point, llama.cpp's tools as subcommands.
+
+A subcommand's module (and the library it pulls in: numba, the models, the chat templates) is imported
+only when that subcommand runs or shows its own help; `llamapy --help` lists them from the summaries
+registered here. Add a subcommand with one `command(...)` line.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from llamapy import __version__
 
-from . import bench, chat, convert, imatrix, perplexity, quantize, run, simple
+# name -> (target "module:function" in llamapy.commands, summary, help attribute, epilog attribute)
+_COMMANDS: dict[str, tuple[str, str, str | None, str | None]] = {}
+
+
+def command(name: str, target: str, summary: str, help: str | None = None, epilog: str | None = None) -> None:
+    """Register `llamapy NAME`, run by TARGET ("module:function", a Typer-style function in llamapy.commands).
+
+    SUMMARY is what `llamapy --help` lists, and `llamapy NAME --help` shows unless HELP names an attribute
+    of the module holding a longer text; EPILOG likewise names an attribute shown after the options."""
+    _COMMANDS[name] = (target, summary, help, epilog)
+
+
+class _LazyCommand(click.Command):
+    """Stands in for a subcommand in listings; builds the real one (importing its module) when it runs."""
+
+    def __init__(self, name: str, context_settings: dict | None = None):
+        super().__init__(name, help=_COMMANDS[name][1], context_settings=context_settings)
+        self._real: click.Command | None = None
+
+    def real(self) -> click.Command:
+        if self._real is None:
+            target, summary, help_attr, epilog_attr = _COMMANDS[self.name]
+            module_name, function = target.split(":")
+            module = import_module(f"{__package__}.{module_name}")
+            sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            sub.command(self.name, help=getattr(module, help_attr) if help_attr else summary,
+                        epilog=getattr(module, epilog_attr) if epilog_attr else None,
+                        context_settings=self.context_settings)(getattr(module, function))
+            self._real = typer.main.get_command(sub)
+        return self._real
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return self.real().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        return self.real().invoke(ctx)
+
+    def get_params(self, ctx):
+        return self.real().get_params(ctx)
+
+    def format_help(self, ctx, formatter):
+        return self.real().format_help(ctx, formatter)
+
+
+class _LazyGroup(TyperGroup):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in _COMMANDS:
+            self.commands.setdefault(name, _LazyCommand(name, context_settings=self.context_settings))
+
 
 app = typer.Typer(
     name="llamapy",
+    cls=_LazyGroup,
     help="llama.cpp's tools in Python: run GGUF language models on the CPU.",
     no_args_is_help=True,
     add_completion=False,
@@ -31,17 +90,17 @@ def main(
     """llama.cpp's tools in Python: run GGUF language models on the CPU."""
 
 
-app.command("chat", help="Chat with a model in the terminal, as llama-cli's conversation mode.")(chat.chat)
-app.command("simple", help="Greedy continuation of a prompt, as llama-simple.")(simple.simple)
-app.command("run", help="Generate from a prompt with sampling, as llama-run.")(run.run)
-app.command("bench", help="Prompt and generation speed, as llama-bench.")(bench.bench)
-app.command("perplexity", help="Perplexity and KL-divergence of a model on a text, as llama-perplexity.")(
-    perplexity.perplexity
-)
-
-app.command("quantize", help=quantize.HELP, epilog=quantize.TYPES_HELP)(quantize.quantize)
-app.command("convert", help=convert.HELP)(convert.convert)
-app.command("imatrix", help="Importance matrix of a model over a text, as llama-imatrix.")(imatrix.imatrix)
+command("chat", "chat:chat", "Chat with a model in the terminal, as llama-cli's conversation mode.")
+command("simple", "simple:simple", "Greedy continuation of a prompt, as llama-simple.")
+command("run", "run:run", "Generate from a prompt with sampling, as llama-run.")
+command("bench", "bench:bench", "Prompt and generation speed, as llama-bench.")
+command("perplexity", "perplexity:perplexity", "Perplexity and KL-divergence of a model on a text, as "
+        "llama-perplexity.")
+command("quantize", "quantize:quantize", "Quantize a GGUF model, as llama-quantize: IN.gguf [OUT.gguf] TYPE [THREADS].",
+        help="HELP", epilog="TYPES_HELP")
+command("convert", "convert:convert", "Convert a Hugging Face checkpoint folder to GGUF, as llama.cpp's "
+        "convert_hf_to_gguf.py.", help="HELP")
+command("imatrix", "imatrix:imatrix", "Importance matrix of a model over a text, as llama-imatrix.")
 
 if __name__ == "__main__":
     app()
