@@ -18,8 +18,11 @@ class KVCache:
     (trim) only moves n_past back: attention never reads beyond it, so stale cells need no clearing.
     """
 
-    def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int):
+    def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int,
+                 first_layer: int = 0):
         self.n_ctx = n_ctx
+        # A pipeline stage holds only layers first_layer .. first_layer + n_layer - 1.
+        self.first_layer = first_layer
         self.k = [np.zeros((n_ctx, n_head_kv, head_dim), dtype=np.float32) for _ in range(n_layer)]
         self.v = [np.zeros((n_ctx, n_head_kv, head_dim_v), dtype=np.float32) for _ in range(n_layer)]
         self.n_past = 0
@@ -33,12 +36,13 @@ class KVCache:
             raise ContextFull(f"context is full: {pos0 + n} tokens do not fit in a context of {self.n_ctx} (-c)")
 
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
-        n = k.shape[0]
-        self.k[layer][pos0:pos0 + n] = k
-        self.v[layer][pos0:pos0 + n] = v
+        n, i = k.shape[0], layer - self.first_layer
+        self.k[i][pos0:pos0 + n] = k
+        self.v[i][pos0:pos0 + n] = v
 
     def view(self, layer: int, n_filled: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.k[layer][:n_filled], self.v[layer][:n_filled]
+        i = layer - self.first_layer
+        return self.k[i][:n_filled], self.v[i][:n_filled]
 
     def trim(self, n: int) -> None:
         """Forget every cached position from n on (llama_memory_seq_rm(seq, n, -1))."""

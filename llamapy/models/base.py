@@ -8,6 +8,7 @@ from ..config import ModelConfig
 from ..kernels.rope import ROPE_NORMAL
 from ..kv_cache import KVCache
 from ..validate import Dim, TensorSpec, check_context_memory
+from .batch import Batch
 from .blocks import AttentionLayer, FeedForward, Linear, RopeCache, Weights, norm
 
 
@@ -39,10 +40,12 @@ class DecoderModel:
     def layer_specs(cls, config: ModelConfig) -> dict[str, TensorSpec]:
         raise NotImplementedError
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    def new_cache(self, n_ctx: int, layers: range | None = None) -> KVCache:
+        """A cache of n_ctx positions for every layer, or for a pipeline stage's `layers` only."""
         c = self.config
-        check_context_memory(c, n_ctx)
-        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v)
+        layers = layers if layers is not None else range(c.n_layer)
+        check_context_memory(c, n_ctx, n_layer=len(layers))
+        return KVCache(len(layers), n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, first_layer=layers.start)
 
     def rope(self, n_ctx: int) -> RopeCache:
         if self._rope is None or self._rope.n_ctx < n_ctx:
@@ -57,19 +60,32 @@ class DecoderModel:
         """Run tokens at positions cache.n_past.., extend the cache; logits of the last token, of every
         token (all_logits), or of tokens[logits_from:] (the output head is the largest matrix)."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        n = len(tokens)
-        pos0 = cache.n_past
-        cache.check_room(pos0, n)
-        x = self.embed(tokens)
-        rope = self.rope(cache.n_ctx)
-        for layer in range(self.config.n_layer):
-            x = self.layer_forward(x, layer, cache, pos0, rope)
-        cache.n_past = pos0 + n
+        batch = Batch.single(cache, len(tokens))
+        x = self.run_layers(self.embed(tokens), batch)
+        batch.commit()
         if logits_from is not None:
             x = x[logits_from:]
         elif not all_logits:
             x = x[-1:]
         return self.head(x)
+
+    def forward_batch(self, tokens: list[np.ndarray], caches: list[KVCache]) -> np.ndarray:
+        """Several sequences in one pass, each extending its own cache: the logits after each
+        sequence's last token, [len(caches), n_vocab]. Each row equals what `forward` gives alone."""
+        tokens = [np.asarray(t, dtype=np.int64) for t in tokens]
+        batch = Batch(caches, [len(t) for t in tokens])
+        x = self.run_layers(self.embed(np.concatenate(tokens)), batch)
+        batch.commit()
+        return self.head(np.ascontiguousarray(x[batch.last_rows()]))
+
+    def run_layers(self, x: np.ndarray, batch: Batch, layers: range | None = None) -> np.ndarray:
+        """Hidden states after `layers` (default all): a pipeline stage runs only its own range.
+        The caches are not committed: the caller does that once every stage has run."""
+        layers = layers if layers is not None else range(self.config.n_layer)
+        rope = self.rope(batch.n_ctx())
+        for layer in layers:
+            x = self.layer_forward(x, layer, batch, rope)
+        return x
 
     def head(self, x: np.ndarray) -> np.ndarray:
         logits = self.output(norm(x, self.output_norm, self.config.rms_eps))
@@ -78,7 +94,7 @@ class DecoderModel:
             logits = np.tanh(logits / cap) * cap
         return logits
 
-    def layer_forward(self, x, layer, cache, pos0, rope: RopeCache) -> np.ndarray:
+    def layer_forward(self, x: np.ndarray, layer: int, batch: Batch, rope: RopeCache) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -107,11 +123,11 @@ class PreNormDecoder(DecoderModel):
             "ffn": layer_feed_forward(w, i, "silu"),
         }
 
-    def layer_forward(self, x, layer, cache, pos0, rope):
+    def layer_forward(self, x, layer, batch, rope):
         p, eps = self.layers[layer], self.config.rms_eps
-        tables = rope.slice(self.config.rope_base, pos0, x.shape[0])
-        x = x + p["attn"](norm(x, p["attn_norm"], eps), cache, layer, pos0, tables, self.attn_scale)
-        return x + p["ffn"](norm(x, p["ffn_norm"], eps))
+        tables = batch.rope(rope, self.config.rope_base)
+        x = x + p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, self.attn_scale)
+        return x + p["ffn"](norm(x, p["ffn_norm"], eps), batch)
 
 
 def layer_attention(weights: Weights, config: ModelConfig, layer: int, rope_mode: int, **options) -> AttentionLayer:

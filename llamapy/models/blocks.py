@@ -14,11 +14,11 @@ from ..kernels.activations import geglu, swiglu
 from ..kernels.attention import attention
 from ..kernels.norm import rms_norm
 from ..kernels.rope import apply_rope, rope_tables
-from ..kv_cache import KVCache
 from ..quants import get_rows, linear
 from ..quants._inputs import packed_rows
 from ..quants.products import QuantizedActivations, exact_product, is_exact, quantize_for
 from ..quants.types import quant_type
+from .batch import Batch
 
 
 class MissingTensor(ValueError):
@@ -49,14 +49,17 @@ class Linear:
         """x as this weight's 8-bit activation blocks (shareable with weights of the same family)."""
         return quantize_for(self.type_id, np.ascontiguousarray(x, dtype=np.float32)) if self.exact else None
 
-    def __call__(self, x: np.ndarray, act: QuantizedActivations | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, act: QuantizedActivations | None = None,
+                 batch: Batch | None = None) -> np.ndarray:
+        """`batch` says which sequence each row is from, so that each row takes the kernel its own
+        sequence's chunk would take alone (default: all rows one sequence)."""
         if Linear.observer is not None and self.name is not None:
             Linear.observer(self.name, x)
         if not self.exact:
             return linear(self.raw, self.type_id, x)
         if act is None or act.super_blocks != self.super_blocks:
             act = self.quantize(x)
-        return exact_product(self.rows, self.type_id, act)
+        return exact_product(self.rows, self.type_id, act, None if batch is None else batch.rows())
 
     def rows_f32(self, ids: np.ndarray) -> np.ndarray:
         """Rows of W as float32: the embedding lookup."""
@@ -129,11 +132,11 @@ class AttentionLayer:
     k_bias: np.ndarray | None = None
     v_bias: np.ndarray | None = None
 
-    def __call__(self, x: np.ndarray, cache: KVCache, layer: int, pos0: int, rope: tuple, scale: float,
+    def __call__(self, x: np.ndarray, batch: Batch, layer: int, rope: tuple, scale: float,
                  q_prescale: float = 1.0) -> np.ndarray:
         n = x.shape[0]
         act = self.wq.quantize(x)
-        q, k, v = self.wq(x, act), self.wk(x, act), self.wv(x, act)
+        q, k, v = self.wq(x, act, batch), self.wk(x, act, batch), self.wv(x, act, batch)
         if self.q_bias is not None:
             q, k, v = q + self.q_bias, k + self.k_bias, v + self.v_bias
         q = q.reshape(n, self.n_head, self.head_dim)
@@ -147,11 +150,14 @@ class AttentionLayer:
         apply_rope(k, cos, sin, self.rope_mode)
         if q_prescale != 1.0:
             q *= np.float32(q_prescale)
-        cache.store(layer, pos0, round_f16(k), round_f16(v))
+        k, v = round_f16(k), round_f16(v)
         out = np.empty((n, self.n_head, self.head_dim_v), dtype=np.float32)
-        k_all, v_all = cache.view(layer, pos0 + n)
-        attention(q, k_all, v_all, pos0, self.window, np.float32(scale), out, cache.n_ctx)
-        return self.wo(out.reshape(n, -1))
+        for s in batch.segments:
+            s.cache.store(layer, s.pos0, k[s.start:s.stop], v[s.start:s.stop])
+            k_all, v_all = s.cache.view(layer, s.pos0 + s.n)
+            attention(q[s.start:s.stop], k_all, v_all, s.pos0, self.window, np.float32(scale),
+                      out[s.start:s.stop], s.cache.n_ctx)
+        return self.wo(out.reshape(n, -1), batch=batch)
 
 
 @dataclass
@@ -161,10 +167,10 @@ class FeedForward:
     down: Linear
     activation: str = "silu"  # "silu" → SwiGLU, "gelu" → GeGLU
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, batch: Batch | None = None) -> np.ndarray:
         gated = swiglu if self.activation == "silu" else geglu
         act = self.gate.quantize(x)
-        return self.down(gated(self.gate(x, act), self.up(x, act)))
+        return self.down(gated(self.gate(x, act, batch), self.up(x, act, batch)), batch=batch)
 
 
 class RopeCache:

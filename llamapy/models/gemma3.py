@@ -54,11 +54,11 @@ class Gemma3(DecoderModel):
     def embed(self, tokens):
         return super().embed(tokens) * self.embd_scale
 
-    def layer_forward(self, x, layer, cache, pos0, rope):
+    def layer_forward(self, x, layer, batch, rope):
         p, eps, c = self.layers[layer], self.config.rms_eps, self.config
         base = c.rope_base_swa if self.is_swa[layer] else c.rope_base
-        tables = rope.slice(base, pos0, x.shape[0])
-        h = p["attn"](norm(x, p["attn_norm"], eps), cache, layer, pos0, tables, 1.0, q_prescale=self.q_scale)
+        tables = batch.rope(rope, base)
+        h = p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, 1.0, q_prescale=self.q_scale)
         x = x + norm(h, p["attn_post_norm"], eps)
-        h = p["ffn"](norm(x, p["ffn_norm"], eps))
+        h = p["ffn"](norm(x, p["ffn_norm"], eps), batch)
         return x + norm(h, p["ffn_post_norm"], eps)

@@ -44,10 +44,10 @@ class Glm4(DecoderModel):
             "ffn_post_norm": layer_vector(w, i, "post_ffw_norm"),
         }
 
-    def layer_forward(self, x, layer, cache, pos0, rope):
+    def layer_forward(self, x, layer, batch, rope):
         p, eps = self.layers[layer], self.config.rms_eps
-        tables = rope.slice(self.config.rope_base, pos0, x.shape[0])
-        h = p["attn"](norm(x, p["attn_norm"], eps), cache, layer, pos0, tables, self.attn_scale)
+        tables = batch.rope(rope, self.config.rope_base)
+        h = p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, self.attn_scale)
         x = x + norm(h, p["attn_post_norm"], eps)
-        h = p["ffn"](norm(x, p["ffn_norm"], eps))
+        h = p["ffn"](norm(x, p["ffn_norm"], eps), batch)
         return x + norm(h, p["ffn_post_norm"], eps)

@@ -68,8 +68,8 @@ class Phi3(DecoderModel):
         self.rope_freq_factors = factors
         return super().rope(n_ctx)
 
-    def layer_forward(self, x, layer, cache, pos0, rope):
+    def layer_forward(self, x, layer, batch, rope):
         p, eps = self.layers[layer], self.config.rms_eps
-        tables = rope.slice(self.config.rope_base, pos0, x.shape[0])
-        x = x + p["attn"](norm(x, p["attn_norm"], eps), cache, layer, pos0, tables, 1.0, q_prescale=self.q_scale)
-        return x + p["ffn"](norm(x, p["ffn_norm"], eps))
+        tables = batch.rope(rope, self.config.rope_base)
+        x = x + p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, 1.0, q_prescale=self.q_scale)
+        return x + p["ffn"](norm(x, p["ffn_norm"], eps), batch)

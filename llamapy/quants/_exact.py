@@ -765,17 +765,17 @@ def _q4_k_x4(wq, wmin, wd, wdmin, xp, xd, bp, t, out, r):
 
 
 @njit(cache=True, parallel=True)
-def dot_q4_k(raw, xq, xd, xbs, out):
+def dot_q4_k(raw, xq, xd, xbs, out, gemv_from):
     """out[t, r] = W[r] · x[t] for Q4_K weights and Q8_K activations, as ggml's repacked 8x8 kernels.
 
     Their gemm (tokens in fours) adds the scaled integer sum of each 64-quant pair of sub-blocks
     with one fma; their gemv (the last n % 4 tokens, and decoding) one fma per 256. Mins likewise.
-    A task decodes its rows once, then runs every token over them.
+    A task decodes its rows once, then runs every token over them. Tokens from gemv_from on take
+    the gemv (ggml: n - n % 4; a batch of several sequences decides per sequence).
     """
     rows = raw.shape[0]
     n, k = xq.shape
     nb = k // 256
-    gemv_from = n - n % 4
     xp = _lane_major(xq)
     bp = _bsum_pairs(xbs)
     tasks, parts = _parts(rows)

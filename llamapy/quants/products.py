@@ -184,18 +184,56 @@ def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
     return QuantizedActivations(False, q, d, extra)
 
 
-def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations) -> np.ndarray:
-    """act @ W.T for packed rows [rows, row_bytes] (read-only, contiguous): float32 [n, rows]."""
+def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations,
+                  batch_rows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """act @ W.T for packed rows [rows, row_bytes] (read-only, contiguous): float32 [n, rows].
+
+    llama.cpp picks some kernels by batch size (`tiled_min_batch`) or by a token's place in the
+    batch (`gemm_group`). batch_rows = (length of each row's sequence chunk, the row's index in
+    it) makes those choices per sequence, so batching sequences together never changes a row."""
+    n = act.q.shape[0]
+    qt = quant_type(type_id)
+    if batch_rows is None:
+        return _product(rows, type_id, act, _tiled(qt, n), _gemm_rows(qt, n))
+    grouped = _batched_rows(qt, *batch_rows)
+    if grouped.all() or not grouped.any():
+        return _product(rows, type_id, act, bool(grouped[0]), n if grouped[0] else 0)
+    out = np.empty((n, rows.shape[0]), np.float32)
+    for mask, batched in ((grouped, True), (~grouped, False)):
+        part = QuantizedActivations(act.super_blocks, *(np.ascontiguousarray(a[mask]) for a in act[1:]))
+        m = part.q.shape[0]
+        out[mask] = _product(rows, type_id, part, batched, m if batched else 0)
+    return out
+
+
+def _tiled(qt, n: int) -> bool:
+    return qt.tiled_min_batch is not None and n >= qt.tiled_min_batch
+
+
+def _gemm_rows(qt, n: int) -> int:
+    """How many leading tokens of a batch of n take the repacked gemm."""
+    return n - n % qt.gemm_group if qt.gemm_group else n
+
+
+def _batched_rows(qt, sizes: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Per row: whether its own chunk, alone, would send it through the batch arithmetic."""
+    if qt.tiled_min_batch is not None:
+        return sizes >= qt.tiled_min_batch
+    if qt.gemm_group:
+        return index < sizes - sizes % qt.gemm_group
+    return np.ones(sizes.shape[0], bool)
+
+
+def _product(rows, type_id, act: QuantizedActivations, tiled: bool, gemm_rows: int) -> np.ndarray:
     n = act.q.shape[0]
     out = np.empty((n, rows.shape[0]), np.float32)
-    tiled = quant_type(type_id).tiled_min_batch
-    if type_id == Q4_K and n == 1:
+    if type_id == Q4_K and n == 1 and gemm_rows == 0:
         matvec_q4_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
     elif type_id == Q4_K:
-        dot_q4_k(rows, act.q, act.d, act.extra, out)
+        dot_q4_k(rows, act.q, act.d, act.extra, out, gemm_rows)
     elif type_id == Q6_K and n == 1:
         matvec_q6_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
-    elif type_id == Q6_K and n >= tiled:
+    elif type_id == Q6_K and tiled:
         dot_q6_k_tiled(rows, act.q, act.d, out)
     elif type_id == Q6_K:
         dot_q6_k(rows, act.q, act.d, act.extra, out)

@@ -54,6 +54,9 @@ class QuantType(NamedTuple):
     exact: str | None = None
     # Batches of at least this many tokens take ggml's tiled arithmetic (None: never).
     tiled_min_batch: int | None = None
+    # ggml's repacked gemm takes tokens in groups of this many; the last n % group go through its
+    # gemv, whose arithmetic differs (None: no such split).
+    gemm_group: int | None = None
     # Products add min * s, the rounded Q8_1 block sums (Q4_1, Q5_1).
     min_correction: bool = False
     # general.file_type of a file made mostly of this type (llama.cpp names such files after it).
@@ -83,7 +86,7 @@ QUANT_TYPES: dict[int, QuantType] = {
         QuantType("Q8_0", Q8_0, 32, 34, Q8_0, exact="q32", file_type=7),
         QuantType("Q2_K", Q2_K, QK_K, 84, Q8_K, file_type=10),
         QuantType("Q3_K", Q3_K, QK_K, 110, Q8_K, file_type=12),
-        QuantType("Q4_K", Q4_K, QK_K, 144, Q8_K, exact="k", file_type=15),
+        QuantType("Q4_K", Q4_K, QK_K, 144, Q8_K, exact="k", gemm_group=4, file_type=15),
         QuantType("Q5_K", Q5_K, QK_K, 176, Q8_K, file_type=17),
         QuantType("Q6_K", Q6_K, QK_K, 210, Q8_K, exact="k", tiled_min_batch=8, file_type=18),
         QuantType("IQ4_NL", IQ4_NL, 32, 18, Q8_0, file_type=25),
