@@ -1,0 +1,1 @@
+"""llamapy serve: the ASGI app, its slots and the one engine thread that batches every active sequence."""
