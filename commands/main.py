@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from llamapy import __version__
 
@@ -27,14 +26,14 @@ def command(name: str, target: str, summary: str, help: str | None = None, epilo
     _COMMANDS[name] = (target, summary, help, epilog)
 
 
-class _LazyCommand(click.Command):
+class _LazyCommand(TyperCommand):
     """Stands in for a subcommand in listings; builds the real one (importing its module) when it runs."""
 
     def __init__(self, name: str, context_settings: dict | None = None):
         super().__init__(name, help=_COMMANDS[name][1], context_settings=context_settings)
-        self._real: click.Command | None = None
+        self._real: TyperCommand | None = None
 
-    def real(self) -> click.Command:
+    def real(self) -> TyperCommand:
         if self._real is None:
             target, summary, help_attr, epilog_attr = _COMMANDS[self.name]
             module_name, function = target.split(":")

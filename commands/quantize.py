@@ -5,12 +5,48 @@ Progress (one bar, per tensor) and the summary go to stderr; the output file app
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 import typer
 
-from ._common import fail, set_threads, user_errors
+
+# _common imports every library module a command's errors can come from (chat templates, models,
+# the hub): about 0.1 s of start-up that quantizing never needs.  It is imported only on the way out
+# with an error, where its user_errors gives the one-line report every command gives.
+def fail(message: str, code: int = 1) -> None:
+    from ._common import fail
+
+    fail(message, code)
+
+
+def user_errors(func):
+    """_common.user_errors, importing _common only when an exception leaves `func`."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except BaseException as e:
+            from ._common import user_errors as report
+
+            return report(_raise)(e)
+
+    return wrapper
+
+
+def _raise(e: BaseException):
+    raise e
+
+
+def set_threads(n: int | None) -> None:
+    """THREADS: numba's thread count (default: all cores), as _common.set_threads."""
+    if n is None or n <= 0:
+        return
+    import numba
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def _type_table() -> str:
