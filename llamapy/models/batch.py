@@ -53,10 +53,10 @@ class Batch:
     def single(cls, cache: KVCache, n: int) -> Batch:
         return cls([cache], [n])
 
-    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+    def rows(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Per row: its segment's length and its index in it, what batch-size-dependent kernel
-        choices look at."""
-        return self._rows
+        choices look at (None for one sequence: the whole batch is its chunk)."""
+        return self._rows if len(self.segments) > 1 else None
 
     def rope(self, tables, base: float) -> tuple[np.ndarray, np.ndarray]:
         """cos/sin rows for every row of x, each at its own sequence's position."""

@@ -29,7 +29,6 @@ from ._bits import (
     fma32,
     hadd,
     lane,
-    load_nibble_words,
     load_sbytes,
     load_u16,
     load_u32,
@@ -37,7 +36,6 @@ from ._bits import (
     pair_sums,
     reduce_add,
     round_f16,
-    spread_bits,
     vfloat,
     vfma,
     vint,
@@ -47,7 +45,6 @@ from ._bits import (
     vstore,
     vzero,
 )
-from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 ROWS_PER_TASK = 16
 
@@ -166,142 +163,7 @@ def _parts(rows):
     return tasks, min(tasks, PARTS)
 
 
-# --- formats with blocks of 32: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 ---------------------------------------
-
-
-@njit(cache=True)
-def _block32(row, type_id, b):
-    """Block b of a row: its quants as four lane-major vectors, its scale, its min (Q4_1/Q5_1, else 0)."""
-    if type_id == Q8_0:
-        o = b * 34
-        w = load_words(row, o + 2)  # sign-extend byte m of each word
-        return (vfloat((w << 24) >> 24), vfloat((w << 16) >> 24), vfloat((w << 8) >> 24), vfloat(w >> 24),
-                _half(row, o), np.float32(0.0))
-    size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
-    o = b * size
-    with_min = type_id == Q4_1 or type_id == Q5_1
-    q = o + 4 if with_min else o + 2
-    mn = _half(row, o + 2) if with_min else np.float32(0.0)
-    if type_id == Q4_0 or type_id == Q4_1:
-        nib = load_nibble_words(row, q)
-        off = 8 if type_id == Q4_0 else 0
-        return (vfloat((nib & 15) - off), vfloat(((nib >> 8) & 15) - off), vfloat(((nib >> 16) & 15) - off),
-                vfloat(((nib >> 24) & 15) - off), _half(row, o), mn)
-    high = spread_bits(load_u32(row, q))  # bit 4l+m (quant 4l+m's fifth bit) at bit m of lane l
-    nib = load_nibble_words(row, q + 4)
-    off = 16 if type_id == Q5_0 else 0
-    return (vfloat(((nib & 15) | ((high << 4) & 16)) - off),
-            vfloat((((nib >> 8) & 15) | ((high << 3) & 16)) - off),
-            vfloat((((nib >> 16) & 15) | ((high << 2) & 16)) - off),
-            vfloat((((nib >> 24) & 15) | ((high << 1) & 16)) - off), _half(row, o), mn)
-
-
-@njit(cache=True, parallel=True)
-def matvec_q32(raw, type_id, xq, xd, xs, out):
-    """out[r] = W[r] · x for one token, the arithmetic of dot_q32 with the row decoded on the fly."""
-    rows = raw.shape[0]
-    nb = xq.shape[0] // 32
-    xp = _lane_major(xq.reshape(1, -1))[0]
-    with_min = type_id == Q4_1 or type_id == Q5_1
-    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
-            row = raw[r]
-            acc = vzero()
-            mins = np.float32(0.0)
-            for b in range(nb):
-                w0, w1, w2, w3, d, m = _block32(row, type_id, b)
-                acc = vfma(vsplat(d * xd[b]), _lanes(w0, w1, w2, w3, xp, 32 * b), acc)
-                if with_min:
-                    mins = fma32(m, xs[b], mins)
-            out[r] = _hsum(acc) + mins
-    return out
-
-
-@njit(cache=True, inline="always")
-def _decode32(row, type_id, wq, wd, wm):
-    """A row into lane-major integer quants wq, scales wd and mins wm."""
-    for b in range(wd.shape[0]):
-        w0, w1, w2, w3, d, m = _block32(row, type_id, b)
-        vstore(wq, 32 * b, w0)
-        vstore(wq, 32 * b + 8, w1)
-        vstore(wq, 32 * b + 16, w2)
-        vstore(wq, 32 * b + 24, w3)
-        wd[b] = d
-        wm[b] = m
-
-
-@njit(cache=True, inline="always")
-def _dot32_x4(wq, wd, wm, xp, xd, xs, t, with_min, out, r):
-    """out[t:t+4, r]: one pass over the decoded row for four tokens."""
-    x0, x1, x2, x3 = xp[t], xp[t + 1], xp[t + 2], xp[t + 3]
-    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
-    m0 = m1 = m2 = m3 = np.float32(0.0)
-    for b in range(wd.shape[0]):
-        o = 32 * b
-        w0, w1, w2, w3 = vload(wq, o), vload(wq, o + 8), vload(wq, o + 16), vload(wq, o + 24)
-        d = wd[b]
-        a0 = vfma(vsplat(d * xd[t, b]), _lanes(w0, w1, w2, w3, x0, o), a0)
-        a1 = vfma(vsplat(d * xd[t + 1, b]), _lanes(w0, w1, w2, w3, x1, o), a1)
-        a2 = vfma(vsplat(d * xd[t + 2, b]), _lanes(w0, w1, w2, w3, x2, o), a2)
-        a3 = vfma(vsplat(d * xd[t + 3, b]), _lanes(w0, w1, w2, w3, x3, o), a3)
-        if with_min:
-            m = wm[b]
-            m0 = fma32(m, xs[t, b], m0)
-            m1 = fma32(m, xs[t + 1, b], m1)
-            m2 = fma32(m, xs[t + 2, b], m2)
-            m3 = fma32(m, xs[t + 3, b], m3)
-    out[t, r] = _hsum(a0) + m0
-    out[t + 1, r] = _hsum(a1) + m1
-    out[t + 2, r] = _hsum(a2) + m2
-    out[t + 3, r] = _hsum(a3) + m3
-
-
-@njit(cache=True, inline="always")
-def _dot32_x1(wq, wd, wm, xp, xd, xs, t, with_min, out, r):
-    """out[t, r] from a decoded row."""
-    x = xp[t]
-    acc = vzero()
-    mins = np.float32(0.0)
-    for b in range(wd.shape[0]):
-        o = 32 * b
-        w = _lanes(vload(wq, o), vload(wq, o + 8), vload(wq, o + 16), vload(wq, o + 24), x, o)
-        acc = vfma(vsplat(wd[b] * xd[t, b]), w, acc)
-        if with_min:
-            mins = fma32(wm[b], xs[t, b], mins)
-    out[t, r] = _hsum(acc) + mins
-
-
-@njit(cache=True, parallel=True)
-def dot_q32(raw, type_id, xq, xd, xs, out):
-    """out[t, r] = W[r] · x[t] for a 32-block format against Q8_0 (Q8_1 for Q4_1/Q5_1) activations.
-
-    Each block adds, per lane, the exact integer sum of four products scaled by d_w·d_x (one fma);
-    Q4_1/Q5_1 add m·s per block on the side. As ggml_vec_dot_*_q8_* and llamafile's tinyBLAS.
-    A task decodes its rows once into an L2 scratch, then runs the tokens over them four at a
-    time (their activations stay in L1 across the rows).
-    """
-    rows = raw.shape[0]
-    n, k = xq.shape
-    nb = k // 32
-    xp = _lane_major(xq)
-    with_min = type_id == Q4_1 or type_id == Q5_1
-    tasks, parts = _parts(rows)
-    for part in prange(parts):
-        wq = np.empty((ROWS_PER_TASK, k), dtype=np.float32)
-        wd = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
-        wm = np.empty((ROWS_PER_TASK, nb), dtype=np.float32)
-        for task in range(part * tasks // parts, (part + 1) * tasks // parts):
-            r0 = task * ROWS_PER_TASK
-            count = min(rows, r0 + ROWS_PER_TASK) - r0
-            for i in range(count):
-                _decode32(raw[r0 + i], type_id, wq[i], wd[i], wm[i])
-            for t in range(0, n - 3, 4):
-                for i in range(count):
-                    _dot32_x4(wq[i], wd[i], wm[i], xp, xd, xs, t, with_min, out, r0 + i)
-            for t in range(n - n % 4, n):
-                for i in range(count):
-                    _dot32_x1(wq[i], wd[i], wm[i], xp, xd, xs, t, with_min, out, r0 + i)
-    return out
+# Formats with blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) have their products in _int8.py.
 
 
 # --- Q6_K -------------------------------------------------------------------------------------------

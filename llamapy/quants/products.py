@@ -19,14 +19,13 @@ from ._exact import (
     dot_q4_k,
     dot_q6_k,
     dot_q6_k_tiled,
-    dot_q32,
     matvec_q4_k,
     matvec_q6_k,
-    matvec_q32,
     quantize_q8,
     quantize_q8_k,
 )
 from ._inputs import float_rows, packed_rows, read_only
+from ._int8 import dot_q32_int8, lane_sums, matvec_q32_int8
 from ._kernels import block_mins, decode_rows, product_kernel
 from .activations import quantize_activations
 from .types import Q4_K, Q6_K, quant_type
@@ -169,6 +168,9 @@ class QuantizedActivations(NamedTuple):
     q: np.ndarray
     d: np.ndarray
     extra: np.ndarray
+    # Q8_0/Q8_1 only: the quants as int8 bytes [n, k] and their per-lane sums [n, k/4] (_int8.py).
+    q8: np.ndarray | None = None
+    lane_sums: np.ndarray | None = None
 
 
 def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
@@ -181,7 +183,8 @@ def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
         return QuantizedActivations(True, q, d, extra)
     d, extra = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
     quantize_q8(x, q, d, extra)
-    return QuantizedActivations(False, q, d, extra)
+    q8 = q.astype(np.int8).view(np.uint8)
+    return QuantizedActivations(False, q, d, extra, q8, lane_sums(q8))
 
 
 def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations,
@@ -200,7 +203,8 @@ def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations,
         return _product(rows, type_id, act, bool(grouped[0]), n if grouped[0] else 0)
     out = np.empty((n, rows.shape[0]), np.float32)
     for mask, batched in ((grouped, True), (~grouped, False)):
-        part = QuantizedActivations(act.super_blocks, *(np.ascontiguousarray(a[mask]) for a in act[1:]))
+        part = QuantizedActivations(act.super_blocks, *(None if a is None else np.ascontiguousarray(a[mask])
+                                                          for a in act[1:]))
         m = part.q.shape[0]
         out[mask] = _product(rows, type_id, part, batched, m if batched else 0)
     return out
@@ -238,7 +242,7 @@ def _product(rows, type_id, act: QuantizedActivations, tiled: bool, gemm_rows: i
     elif type_id == Q6_K:
         dot_q6_k(rows, act.q, act.d, act.extra, out)
     elif n == 1:
-        matvec_q32(rows, type_id, act.q[0], act.d[0], act.extra[0], out[0])
+        matvec_q32_int8(rows, type_id, act.q8[0], act.d[0], act.extra[0], act.lane_sums[0], out[0])
     else:
-        dot_q32(rows, type_id, act.q, act.d, act.extra, out)
+        dot_q32_int8(rows, type_id, act.q8, act.d, act.extra, act.lane_sums, out)
     return out

@@ -1,0 +1,227 @@
+"""The exact products of 32-quant blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on int8 activations.
+
+Same arithmetic as _exact.py's float kernels, so the same bits: per block, eight int32 lane sums
+of four adjacent products (element order, as ggml's vectors hold them), one fused multiply-add of
+d_w·d_x per lane, ggml's horizontal sum, and the Q8_1 min term on the side. The lane sums come from
+_isa.dot4 (VNNI's vpdpbusd, or AVX2's maddubs + madd) on the packed bytes, instead of float
+multiply-adds over decoded float32 lanes: four times fewer bytes of activations and no conversion
+of the weights to float.
+
+Unsigned quants (Q4_1, Q5_1) enter dot4 as they are. Offset ones (Q4_0: q - 8, Q5_0: q - 16)
+enter unsigned, and offset × (lane sum of the activations) is subtracted: the same integer.
+Q8_0's signed quants use ggml's own trick: |w| times x with w's sign moved onto x.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._bits import (
+    f16_to_f32,
+    fma32,
+    lane,
+    load_nibble_words,
+    load_u16,
+    load_u32,
+    load_words,
+    vfloat,
+    vfma,
+    vsplat,
+    vzero,
+)
+from ._isa import abs_bytes, bit_bytes, dot4, iload, istore, izero, sign_bytes, splat_i32
+from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+
+ROWS_PER_TASK = 16
+_LOW_NIBBLES = 0x0F0F0F0F
+_ONES = 0x01010101
+
+
+@njit(cache=True)
+def lane_sums(xb):
+    """Per token and block, the eight lane sums of the activations' bytes: [n, k/32 * 8] int32."""
+    n, k = xb.shape
+    out = np.empty((n, k // 4), np.int32)
+    ones = splat_i32(_ONES)
+    for t in range(n):
+        row, dst = xb[t], out[t]
+        for b in range(k // 32):
+            istore(dst, 8 * b, dot4(izero(), ones, load_words(row, 32 * b)))
+    return out
+
+
+@njit(cache=True, inline="always")
+def _block_sum(row, type_id, b, x, o, xsum):
+    """Block b of a packed row against the activation bytes x[o:o+32]: (lane sums, d_w, m_w)."""
+    xv = load_words(x, o)
+    if type_id == Q8_0:
+        base = b * 34
+        w = load_words(row, base + 2)
+        return dot4(izero(), abs_bytes(w), sign_bytes(xv, w)), _half(row, base), np.float32(0.0)
+    size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
+    base = b * size
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    q = base + 4 if with_min else base + 2
+    mn = _half(row, base + 2) if with_min else np.float32(0.0)
+    if type_id == Q4_0 or type_id == Q4_1:
+        u = load_nibble_words(row, q) & _LOW_NIBBLES
+    else:
+        u = (load_nibble_words(row, q + 4) & _LOW_NIBBLES) | bit_bytes(load_u32(row, q), 16)
+    s = dot4(izero(), u, xv)
+    if type_id == Q4_0:
+        s = s - (iload(xsum, 8 * b) << 3)
+    elif type_id == Q5_0:
+        s = s - (iload(xsum, 8 * b) << 4)
+    return s, _half(row, base), mn
+
+
+@njit(cache=True, inline="always")
+def _half(row, o):
+    return f16_to_f32(load_u16(row, o))
+
+
+@njit(cache=True, inline="always")
+def _hsum(acc):
+    """ggml's hsum_float_8."""
+    r0 = lane(acc, 4) + lane(acc, 0)
+    r1 = lane(acc, 5) + lane(acc, 1)
+    r2 = lane(acc, 6) + lane(acc, 2)
+    r3 = lane(acc, 7) + lane(acc, 3)
+    return (r0 + r2) + (r1 + r3)
+
+
+@njit(cache=True, inline="always")
+def _row_dot(row, type_id, x, xd, xs, xsum, nb):
+    acc = vzero()
+    mins = np.float32(0.0)
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    for b in range(nb):
+        s, d, m = _block_sum(row, type_id, b, x, 32 * b, xsum)
+        acc = vfma(vsplat(d * xd[b]), vfloat(s), acc)
+        if with_min:
+            mins = fma32(m, xs[b], mins)
+    return _hsum(acc) + mins
+
+
+@njit(cache=True, parallel=True)
+def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
+    """out[r] = W[r] · x for one token; xb its int8 quants as bytes, xsum their lane sums."""
+    rows = raw.shape[0]
+    nb = xb.shape[0] // 32
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            out[r] = _row_dot(raw[r], type_id, xb, xd, xs, xsum, nb)
+    return out
+
+
+@njit(cache=True, inline="always")
+def _decode_row(row, type_id, nb, wu, ws, wo, wd, wm, i):
+    """A row's quants as bytes at wu[wo:]: unsigned (|w| for Q8_0), and ws the signed ones (Q8_0)."""
+    for b in range(nb):
+        if type_id == Q8_0:
+            w = load_words(row, b * 34 + 2)
+            istore(wu, wo + 8 * b, abs_bytes(w))
+            istore(ws, wo + 8 * b, w)
+            wd[i, b], wm[i, b] = _half(row, b * 34), np.float32(0.0)
+            continue
+        size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
+        base = b * size
+        with_min = type_id == Q4_1 or type_id == Q5_1
+        q = base + 4 if with_min else base + 2
+        if type_id == Q4_0 or type_id == Q4_1:
+            u = load_nibble_words(row, q) & _LOW_NIBBLES
+        else:
+            u = (load_nibble_words(row, q + 4) & _LOW_NIBBLES) | bit_bytes(load_u32(row, q), 16)
+        istore(wu, wo + 8 * b, u)
+        wd[i, b] = _half(row, base)
+        wm[i, b] = _half(row, base + 2) if with_min else np.float32(0.0)
+
+
+@njit(cache=True, inline="always")
+def _decoded_sum(type_id, wu, ws, wo, xflat, xo, sflat, so):
+    """Lane sums of block at wu[wo:] (decoded) against activation bytes xflat[xo:] (lane sums sflat[so:])."""
+    xv = load_words(xflat, xo)
+    if type_id == Q8_0:
+        return dot4(izero(), iload(wu, wo), sign_bytes(xv, iload(ws, wo)))
+    s = dot4(izero(), iload(wu, wo), xv)
+    if type_id == Q4_0:
+        s = s - (iload(sflat, so) << 3)
+    elif type_id == Q5_0:
+        s = s - (iload(sflat, so) << 4)
+    return s
+
+
+@njit(cache=True, inline="always")
+def _decoded_dot_x4(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r):
+    """out[t:t+4, r] from decoded row i: its bytes loaded once for four tokens."""
+    nb = wd.shape[1]
+    k = nb * 32
+    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+    m0 = m1 = m2 = m3 = np.float32(0.0)
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    for b in range(nb):
+        d = wd[i, b]
+        wo = i * (k // 4) + 8 * b
+        s0 = _decoded_sum(type_id, wu, ws, wo, xflat, t * k + 32 * b, sflat, t * (k // 4) + 8 * b)
+        s1 = _decoded_sum(type_id, wu, ws, wo, xflat, (t + 1) * k + 32 * b, sflat, (t + 1) * (k // 4) + 8 * b)
+        s2 = _decoded_sum(type_id, wu, ws, wo, xflat, (t + 2) * k + 32 * b, sflat, (t + 2) * (k // 4) + 8 * b)
+        s3 = _decoded_sum(type_id, wu, ws, wo, xflat, (t + 3) * k + 32 * b, sflat, (t + 3) * (k // 4) + 8 * b)
+        a0 = vfma(vsplat(d * xd[t, b]), vfloat(s0), a0)
+        a1 = vfma(vsplat(d * xd[t + 1, b]), vfloat(s1), a1)
+        a2 = vfma(vsplat(d * xd[t + 2, b]), vfloat(s2), a2)
+        a3 = vfma(vsplat(d * xd[t + 3, b]), vfloat(s3), a3)
+        if with_min:
+            m = wm[i, b]
+            m0 = fma32(m, xs[t, b], m0)
+            m1 = fma32(m, xs[t + 1, b], m1)
+            m2 = fma32(m, xs[t + 2, b], m2)
+            m3 = fma32(m, xs[t + 3, b], m3)
+    out[t, r] = _hsum(a0) + m0
+    out[t + 1, r] = _hsum(a1) + m1
+    out[t + 2, r] = _hsum(a2) + m2
+    out[t + 3, r] = _hsum(a3) + m3
+
+
+@njit(cache=True, inline="always")
+def _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r):
+    nb = wd.shape[1]
+    k = nb * 32
+    acc = vzero()
+    mins = np.float32(0.0)
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    for b in range(nb):
+        s = _decoded_sum(type_id, wu, ws, i * (k // 4) + 8 * b, xflat, t * k + 32 * b, sflat, t * (k // 4) + 8 * b)
+        acc = vfma(vsplat(wd[i, b] * xd[t, b]), vfloat(s), acc)
+        if with_min:
+            mins = fma32(wm[i, b], xs[t, b], mins)
+    out[t, r] = _hsum(acc) + mins
+
+
+@njit(cache=True, parallel=True)
+def dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
+    """out[t, r] = W[r] · x[t] for a batch: a task decodes 16 rows to bytes once (an L1 scratch)
+    and runs the tokens over them four at a time. Flat arrays and offsets, no views, in the loops."""
+    rows = raw.shape[0]
+    n, k = xb.shape
+    nb = k // 32
+    xflat, sflat = xb.reshape(-1), xsum.reshape(-1)
+    tasks = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    parts = min(tasks, 32)
+    for part in prange(parts):
+        wu = np.empty(ROWS_PER_TASK * (k // 4), np.int32)
+        ws = np.empty(ROWS_PER_TASK * (k // 4), np.int32)
+        wd = np.empty((ROWS_PER_TASK, nb), np.float32)
+        wm = np.empty((ROWS_PER_TASK, nb), np.float32)
+        for task in range(part * tasks // parts, (part + 1) * tasks // parts):
+            r0 = task * ROWS_PER_TASK
+            count = min(rows, r0 + ROWS_PER_TASK) - r0
+            for i in range(count):
+                _decode_row(raw[r0 + i], type_id, nb, wu, ws, i * (k // 4), wd, wm, i)
+            for t in range(0, n - n % 4, 4):
+                for i in range(count):
+                    _decoded_dot_x4(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
+            for t in range(n - n % 4, n):
+                for i in range(count):
+                    _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
+    return out

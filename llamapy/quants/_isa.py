@@ -1,0 +1,209 @@
+"""Byte dot products at the width of the CPU: the one place an instruction set is chosen.
+
+`dot4(acc, u, s)` adds to each int32 lane of acc the four products of the unsigned bytes of u with
+the signed bytes of s in that lane: the integer ggml's x86 kernels form with maddubs + madd (AVX2)
+or vpdpbusd (VNNI). The sums are exact integers either way, so the choice of instruction never
+changes a result, only its speed; the exact kernels' float arithmetic after it is unchanged.
+
+The instruction is chosen when numba compiles, from the features of the CPU numba targets
+(NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, else the host): VNNI where it exists, AVX2's pair, or plain
+vector IR elsewhere. numba keys its on-disk cache by that CPU name and feature string, so a cache
+compiled for another CPU is never loaded.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._bits import i32x8
+
+_I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+_V8I, _V16S, _V32B = ir.VectorType(_I32, 8), ir.VectorType(_I16, 16), ir.VectorType(_I8, 32)
+
+
+def target_features(context) -> set[str]:
+    """The +features of the CPU numba compiles for (empty: the named CPU's defaults, unknown here)."""
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+def byte_dot_isa(features: set[str]) -> str:
+    if {"avx512vnni", "avx512vl"} <= features or "avxvnni" in features:
+        return "vnni"
+    if "avx2" in features:
+        return "avx2"
+    return "generic"
+
+
+def _call(builder, name, ret, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+def _generic_dot4(builder, acc, u, s):
+    wide = ir.VectorType(_I32, 32)
+    prod = builder.mul(builder.zext(builder.bitcast(u, _V32B), wide), builder.sext(builder.bitcast(s, _V32B), wide))
+    total = acc
+    for m in range(4):
+        part = builder.shuffle_vector(prod, prod, ir.Constant(_V8I, [4 * lane + m for lane in range(8)]))
+        total = builder.add(total, part)
+    return total
+
+
+@intrinsic
+def dot4(typingctx, acc, u, s):
+    """acc + per-lane sums of u8 × s8 byte products (no overflow for |u| ≤ 128, |s| ≤ 127 · 2)."""
+    if not (acc == i32x8 and u == i32x8 and s == i32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, x, y = args
+        isa = byte_dot_isa(target_features(context))
+        if isa == "vnni":
+            return _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I, [a, x, y])
+        if isa == "avx2":
+            pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16S,
+                          [builder.bitcast(x, _V32B), builder.bitcast(y, _V32B)])
+            ones = ir.Constant(_V16S, [1] * 16)
+            return builder.add(a, _call(builder, "llvm.x86.avx2.pmadd.wd", _V8I, [pairs, ones]))
+        return _generic_dot4(builder, a, x, y)
+
+    return i32x8(acc, u, s), codegen
+
+
+@intrinsic
+def izero(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V8I, [0] * 8)
+
+    return i32x8(), codegen
+
+
+@intrinsic
+def abs_bytes(typingctx, v):
+    """|b| of each signed byte, as unsigned bytes (|-128| = 128)."""
+    if v != i32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        b = builder.bitcast(args[0], _V32B)
+        neg = builder.sub(ir.Constant(_V32B, [0] * 32), b)
+        return builder.bitcast(builder.select(builder.icmp_signed("<", b, ir.Constant(_V32B, [0] * 32)), neg, b), _V8I)
+
+    return i32x8(v), codegen
+
+
+@intrinsic
+def sign_bytes(typingctx, v, like):
+    """Each byte of v negated where the same byte of `like` is negative, zeroed where it is zero
+    (_mm256_sign_epi8): with abs_bytes, a signed × signed product as unsigned × signed."""
+    if not (v == i32x8 and like == i32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        b, s = builder.bitcast(args[0], _V32B), builder.bitcast(args[1], _V32B)
+        zero = ir.Constant(_V32B, [0] * 32)
+        neg = builder.select(builder.icmp_signed("<", s, zero), builder.sub(zero, b), b)
+        return builder.bitcast(builder.select(builder.icmp_signed("==", s, zero), zero, neg), _V8I)
+
+    return i32x8(v, like), codegen
+
+
+@intrinsic
+def add_bytes(typingctx, a, b):
+    """Bytewise a + b (wrapping)."""
+    if not (a == i32x8 and b == i32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.add(builder.bitcast(args[0], _V32B), builder.bitcast(args[1], _V32B)), _V8I)
+
+    return i32x8(a, b), codegen
+
+
+@intrinsic
+def splat_i32(typingctx, x):
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int32)
+        vec = builder.insert_element(ir.Constant(_V8I, ir.Undefined), v, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(vec, vec, ir.Constant(_V8I, [0] * 8))
+
+    return i32x8(x), codegen
+
+
+@intrinsic
+def mul_i32(typingctx, a, b):
+    """Lane-wise int32 a * b (vpmulld)."""
+    if not (a == i32x8 and b == i32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.mul(args[0], args[1])
+
+    return i32x8(a, b), codegen
+
+
+
+@intrinsic
+def iload(typingctx, arr, i):
+    """arr[i:i+8] of a contiguous int32 vector (no bounds check)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int32 and arr.ndim == 1 and arr.layout == "C"
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        return builder.load(builder.bitcast(ptr, _V8I.as_pointer()), align=4)
+
+    return i32x8(arr, i), codegen
+
+
+@intrinsic
+def istore(typingctx, arr, i, v):
+    """arr[i:i+8] = v for a contiguous int32 vector (no bounds check)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int32 and arr.ndim == 1 and arr.layout == "C"
+            and isinstance(i, types.Integer) and v == i32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        builder.store(args[2], builder.bitcast(ptr, _V8I.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def bit_bytes(typingctx, bits, value):
+    """Byte j = value where bit j of the 32-bit `bits` is set, else 0 (ggml's bytes_from_bits_32)."""
+    if not (isinstance(bits, types.Integer) and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        word = context.cast(builder, args[0], sig.args[0], types.uint32)
+        vec = builder.insert_element(ir.Constant(_V8I, ir.Undefined), word, ir.Constant(_I32, 0))
+        four = builder.bitcast(vec, _V32B)  # bytes 0..3 hold the word
+        spread = builder.shuffle_vector(four, four, ir.Constant(ir.VectorType(_I32, 32),
+                                                                [j // 8 for j in range(32)]))
+        test = builder.and_(spread, ir.Constant(_V32B, [1 << (j % 8) for j in range(32)]))
+        byte = builder.trunc(context.cast(builder, args[1], sig.args[1], types.int32), _I8)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_V32B, ir.Undefined), byte,
+                                                              ir.Constant(_I32, 0)),
+                                       ir.Constant(_V32B, ir.Undefined), ir.Constant(ir.VectorType(_I32, 32), [0] * 32))
+        chosen = builder.select(builder.icmp_unsigned("!=", test, ir.Constant(_V32B, [0] * 32)), splat,
+                                ir.Constant(_V32B, [0] * 32))
+        return builder.bitcast(chosen, _V8I)
+
+    return i32x8(bits, value), codegen
+
+
+__all__ = ["abs_bytes", "add_bytes", "bit_bytes", "byte_dot_isa", "dot4", "iload", "istore", "izero", "mul_i32",
+           "sign_bytes", "splat_i32", "target_features"]
