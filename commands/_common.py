@@ -6,11 +6,13 @@ import functools
 import signal
 import sys
 import threading
+from typing import Annotated
 
 import typer
 
 from llamapy.chat.templates import ChatTemplateError
 from llamapy.config import ConfigError
+from llamapy.distributed.errors import DistributedError
 from llamapy.gguf.reader import GGUFError
 from llamapy.hub import ModelNotFound
 from llamapy.kv_cache import ContextFull
@@ -22,7 +24,7 @@ from llamapy.quants.types import UnsupportedQuantType
 USER_ERRORS = (
     FileNotFoundError, IsADirectoryError, PermissionError, GGUFError, ModelNotFound, ContextFull,
     UnknownArchitecture, UnsupportedQuantType, MissingTensor, ConfigError, ChatTemplateError, ValueError,
-    UnicodeDecodeError,
+    UnicodeDecodeError, DistributedError,
 )
 
 
@@ -99,11 +101,35 @@ def set_threads(n: int | None) -> None:
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
-def open_model(spec: str | None, hf_repo: str | None = None):
-    """-m PATH (default model when None) or -hf user/repo[:QUANT]."""
+# --rpc and -ts, shared by every command that opens a model: `rpc: Rpc = None, tensor_split: TensorSplit = None`.
+Rpc = Annotated[str | None, typer.Option(
+    "--rpc", help="Run the layers on the workers of the Dask scheduler at tcp://HOST:8786 (start it with llamapy "
+    "rpc-scheduler, and llamapy rpc-server on each host); see docs/distributed.md.")]
+TensorSplit = Annotated[str | None, typer.Option(
+    "-ts", "--tensor-split", help="With --rpc: each worker's share of the layers, workers in address order, "
+    "e.g. 3,1 (default: in proportion to their free memory).")]
+
+
+def open_model(spec: str | None, hf_repo: str | None = None, rpc: str | None = None,
+               tensor_split: str | None = None):
+    """-m PATH (default model when None) or -hf user/repo[:QUANT].
+
+    rpc (--rpc tcp://SCHEDULER:8786): a DistributedModel, the same interface with its layers on that Dask
+    cluster's workers, split by tensor_split (-ts "3,1") or else by the workers' free memory."""
     from llamapy.model import Model
 
-    return Model(model_path(spec, hf_repo))
+    path = model_path(spec, hf_repo)
+    if rpc is None:
+        if tensor_split is not None:
+            raise ValueError("-ts/--tensor-split splits layers across --rpc workers; give --rpc too")
+        return Model(path)
+    from llamapy.distributed.client import DistributedModel
+    from llamapy.distributed.plan import parse_tensor_split
+    from llamapy.distributed.server import quiet_logs
+
+    split = parse_tensor_split(tensor_split)
+    quiet_logs()  # the client's errors reach the user as one line, not as Dask's log records
+    return DistributedModel(path, rpc, split)
 
 
 def model_path(spec: str | None, hf_repo: str | None = None):
