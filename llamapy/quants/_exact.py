@@ -13,8 +13,9 @@ d the per-block scale [n, k/block], extra the Q8_1 block sums or the Q8_K 16-ele
 Speed: the kernels hold ggml's eight lanes in explicit 8-wide vectors (f32x8 from _bits.py),
 so they run as AVX2 code whatever numba's vectoriser makes of them, and keep both the weights
 and the activations in the "lane-major" order below, where a lane sum is a vector multiply-add.
-One token (matvec_*) decodes each row on the fly from the packed bytes; a batch (dot_*) decodes
-16 rows once into an L2 scratch and streams the tokens over them four at a time.
+A batch (dot_*) decodes 16 rows once into an L2 scratch and streams the tokens over them four at
+a time. One-token products, and every product of the 32-quant formats, are in _int8.py: the same
+arithmetic with the lane sums formed by byte dot products, from the helpers here.
 """
 
 from __future__ import annotations
@@ -204,32 +205,6 @@ def _q6_k_offsets(bs, g, sc_lo, sc_hi):
     """32·(bsums[2l]·scale[2l] + bsums[2l+1]·scale[2l+1]) per lane l: ggml's correction for the
     offset of 32 it leaves out of the quants (exact: at most 32·2·2032·128 < 2**24)."""
     return vsplat(np.float32(32.0)) * pair_sums(vload(bs, g) * sc_lo, vload(bs, g + 8) * sc_hi)
-
-
-@njit(cache=True, parallel=True)
-def matvec_q6_k(raw, xq, xd, xbs, out):
-    """out[r] = W[r] · x for one token: dot_q6_k's arithmetic, the row decoded on the fly."""
-    rows = raw.shape[0]
-    nb = xq.shape[0] // 256
-    xp = _lane_major(xq.reshape(1, -1))[0]
-    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
-            row = raw[r]
-            acc = vzero()
-            for b in range(nb):
-                o = b * 210
-                h0 = vzero()
-                h1 = vzero()
-                for v in range(4):
-                    q0, q1, q2, q3 = _q6_k_quants(row, o, v)
-                    h0 = vfma(_q6_k_scales(row, o, v), _lanes(q0, q1, q2, q3, xp, b * 256 + 32 * v), h0)
-                for v in range(4, 8):
-                    q0, q1, q2, q3 = _q6_k_quants(row, o, v)
-                    h1 = vfma(_q6_k_scales(row, o, v), _lanes(q0, q1, q2, q3, xp, b * 256 + 32 * v), h1)
-                offsets = _q6_k_offsets(xbs, b * 16, load_sbytes(row, o + 192), load_sbytes(row, o + 200))
-                acc = vfma(vsplat(xd[b] * _half(row, o + 208)), _q6_k_lanes(h0, h1, offsets), acc)
-            out[r] = _hsum(acc)
-    return out
 
 
 @njit(cache=True, inline="always")
@@ -473,39 +448,6 @@ def _q4_k_add(sums, scale, scale_min, acc, acc_min, per_pair):
     isum = np.float64(lane(sums, 0)) + np.float64(lane(sums, 1)) + np.float64(lane(sums, 2)) + np.float64(lane(sums, 3))
     imin = np.float64(lane(sums, 4)) + np.float64(lane(sums, 5)) + np.float64(lane(sums, 6)) + np.float64(lane(sums, 7))
     return fma32(np.float32(isum), scale, acc), fma32(np.float32(imin), scale_min, acc_min)
-
-
-@njit(cache=True)
-def _q4_k_sub(row, o, j, x, e):
-    """Lane sums of sub-block j, decoded from the row."""
-    q0, q1, q2, q3 = _q4_k_quants(row, o, j)
-    return _lanes(q0, q1, q2, q3, x, e)
-
-
-@njit(cache=True, parallel=True)
-def matvec_q4_k(raw, xq, xd, xbs, out):
-    """out[r] = W[r] · x for one token: dot_q4_k's arithmetic (its gemv), the row decoded on the fly."""
-    rows = raw.shape[0]
-    nb = xq.shape[0] // 256
-    xp = _lane_major(xq.reshape(1, -1))[0]
-    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
-            row = raw[r]
-            acc = np.float32(0.0)
-            acc_min = np.float32(0.0)
-            for b in range(nb):
-                o = b * 144
-                e = b * 256
-                scales, mins = _q4_k_scales(row, o)
-                sums = _q4_k_sums(
-                    _q4_k_sub(row, o, 0, xp, e), _q4_k_sub(row, o, 1, xp, e + 32),
-                    _q4_k_sub(row, o, 2, xp, e + 64), _q4_k_sub(row, o, 3, xp, e + 96),
-                    _q4_k_sub(row, o, 4, xp, e + 128), _q4_k_sub(row, o, 5, xp, e + 160),
-                    _q4_k_sub(row, o, 6, xp, e + 192), _q4_k_sub(row, o, 7, xp, e + 224),
-                    scales, mins, xbs, b * 16)
-                acc, acc_min = _q4_k_add(sums, _half(row, o) * xd[b], _half(row, o + 2) * xd[b], acc, acc_min, False)
-            out[r] = acc - acc_min
-    return out
 
 
 # The batch kernel folds each sub-block's scale into its decoded quants (scale·q, at most 945),

@@ -22,6 +22,7 @@ from ._bits import (
     fma32,
     lane,
     load_nibble_words,
+    load_sbytes,
     load_u16,
     load_u32,
     load_words,
@@ -30,6 +31,7 @@ from ._bits import (
     vsplat,
     vzero,
 )
+from ._exact import _q4_k_add, _q4_k_scales, _q4_k_sums, _q6_k_lanes, _q6_k_offsets, _q6_k_scales
 from ._isa import abs_bytes, bit_bytes, dot4, iload, istore, izero, sign_bytes, splat_i32
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
@@ -224,4 +226,74 @@ def dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
             for t in range(n - n % 4, n):
                 for i in range(count):
                     _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
+    return out
+
+
+# --- K-quants: the one-token products of _exact.py with their lane sums from bytes ----------------
+# The float kernels there form each 32-quant vector's lane sums with float multiply-adds over
+# decoded lanes; here dot4 forms the same exact integers from the packed bytes. Everything after
+# (scales, offsets, ggml's reductions) is _exact.py's own code, so the bits are its bits.
+
+
+@njit(cache=True, inline="always")
+def _q4_k_lane_sums(row, o, j, xb, e):
+    """Lane sums of Q4_K sub-block j (chunk j/2's low or high nibbles) against xb[e:e+32]."""
+    u = (load_words(row, o + 16 + 32 * (j >> 1)) >> (4 * (j & 1))) & _LOW_NIBBLES
+    return vfloat(dot4(izero(), u, load_words(xb, e)))
+
+
+@njit(cache=True, parallel=True)
+def matvec_q4_k_int8(raw, xb, xd, xbs, out):
+    """out[r] = W[r] · x for one token: _exact.matvec_q4_k's arithmetic (ggml's gemv)."""
+    rows = raw.shape[0]
+    nb = xb.shape[0] // 256
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            row = raw[r]
+            acc = np.float32(0.0)
+            acc_min = np.float32(0.0)
+            for b in range(nb):
+                o = b * 144
+                e = b * 256
+                scales, mins = _q4_k_scales(row, o)
+                sums = _q4_k_sums(
+                    _q4_k_lane_sums(row, o, 0, xb, e), _q4_k_lane_sums(row, o, 1, xb, e + 32),
+                    _q4_k_lane_sums(row, o, 2, xb, e + 64), _q4_k_lane_sums(row, o, 3, xb, e + 96),
+                    _q4_k_lane_sums(row, o, 4, xb, e + 128), _q4_k_lane_sums(row, o, 5, xb, e + 160),
+                    _q4_k_lane_sums(row, o, 6, xb, e + 192), _q4_k_lane_sums(row, o, 7, xb, e + 224),
+                    scales, mins, xbs, b * 16)
+                acc, acc_min = _q4_k_add(sums, _half(row, o) * xd[b], _half(row, o + 2) * xd[b], acc, acc_min, False)
+            out[r] = acc - acc_min
+    return out
+
+
+@njit(cache=True, inline="always")
+def _q6_k_lane_sums(row, o, v, xb, e):
+    """Lane sums of Q6_K's 32-quant vector v (quants 0..63, offset left out) against xb[e:e+32]."""
+    low = load_words(row, o + 64 * (v >> 2) + 32 * (v & 1)) >> (4 * ((v >> 1) & 1))
+    high = load_words(row, o + 128 + 32 * (v >> 2)) >> (2 * (v & 3))
+    q = (low & _LOW_NIBBLES) | ((high & 0x03030303) << 4)
+    return vfloat(dot4(izero(), q, load_words(xb, e)))
+
+
+@njit(cache=True, parallel=True)
+def matvec_q6_k_int8(raw, xb, xd, xbs, out):
+    """out[r] = W[r] · x for one token: _exact.matvec_q6_k's arithmetic."""
+    rows = raw.shape[0]
+    nb = xb.shape[0] // 256
+    for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            row = raw[r]
+            acc = vzero()
+            for b in range(nb):
+                o = b * 210
+                h0 = vzero()
+                h1 = vzero()
+                for v in range(4):
+                    h0 = vfma(_q6_k_scales(row, o, v), _q6_k_lane_sums(row, o, v, xb, b * 256 + 32 * v), h0)
+                for v in range(4, 8):
+                    h1 = vfma(_q6_k_scales(row, o, v), _q6_k_lane_sums(row, o, v, xb, b * 256 + 32 * v), h1)
+                offsets = _q6_k_offsets(xbs, b * 16, load_sbytes(row, o + 192), load_sbytes(row, o + 200))
+                acc = vfma(vsplat(xd[b] * _half(row, o + 208)), _q6_k_lanes(h0, h1, offsets), acc)
+            out[r] = _hsum(acc)
     return out

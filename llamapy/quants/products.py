@@ -19,13 +19,11 @@ from ._exact import (
     dot_q4_k,
     dot_q6_k,
     dot_q6_k_tiled,
-    matvec_q4_k,
-    matvec_q6_k,
     quantize_q8,
     quantize_q8_k,
 )
 from ._inputs import float_rows, packed_rows, read_only
-from ._int8 import dot_q32_int8, lane_sums, matvec_q32_int8
+from ._int8 import dot_q32_int8, lane_sums, matvec_q4_k_int8, matvec_q6_k_int8, matvec_q32_int8
 from ._kernels import block_mins, decode_rows, product_kernel
 from .activations import quantize_activations
 from .types import Q4_K, Q6_K, quant_type
@@ -168,7 +166,7 @@ class QuantizedActivations(NamedTuple):
     q: np.ndarray
     d: np.ndarray
     extra: np.ndarray
-    # Q8_0/Q8_1 only: the quants as int8 bytes [n, k] and their per-lane sums [n, k/4] (_int8.py).
+    # The quants as int8 bytes [n, k], and (Q8_0/Q8_1) their per-lane sums [n, k/4] (_int8.py).
     q8: np.ndarray | None = None
     lane_sums: np.ndarray | None = None
 
@@ -180,7 +178,7 @@ def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
     if quant_type(type_id).exact == "k":
         d, extra = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
         quantize_q8_k(x, q, d, extra)
-        return QuantizedActivations(True, q, d, extra)
+        return QuantizedActivations(True, q, d, extra, q.astype(np.int8).view(np.uint8))
     d, extra = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
     quantize_q8(x, q, d, extra)
     q8 = q.astype(np.int8).view(np.uint8)
@@ -232,11 +230,11 @@ def _product(rows, type_id, act: QuantizedActivations, tiled: bool, gemm_rows: i
     n = act.q.shape[0]
     out = np.empty((n, rows.shape[0]), np.float32)
     if type_id == Q4_K and n == 1 and gemm_rows == 0:
-        matvec_q4_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
+        matvec_q4_k_int8(rows, act.q8[0], act.d[0], act.extra[0], out[0])
     elif type_id == Q4_K:
         dot_q4_k(rows, act.q, act.d, act.extra, out, gemm_rows)
     elif type_id == Q6_K and n == 1:
-        matvec_q6_k(rows, act.q[0], act.d[0], act.extra[0], out[0])
+        matvec_q6_k_int8(rows, act.q8[0], act.d[0], act.extra[0], out[0])
     elif type_id == Q6_K and tiled:
         dot_q6_k_tiled(rows, act.q, act.d, out)
     elif type_id == Q6_K:
