@@ -39,7 +39,7 @@ from .stage import layer_bytes, stage_tensor_names
 DEFAULT_PORT = 8786
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler
 START_TIMEOUT = 120.0  # seconds for a worker to start its shard and load its layers
-WATCH_INTERVAL = 2.0  # while a pass runs longer than this, check that its workers are still there
+WATCH_INTERVAL = 0.5  # while a pass runs longer than this, check (again) that its workers are still listed
 REPLAY_BATCH = 512  # tokens per pass when a cache is rebuilt on a new plan
 
 
@@ -408,13 +408,13 @@ class DistributedModel(Model):
         return out
 
     async def _wait_pass(self, ack, collect) -> dict:
+        pending = {ack, collect}
         while True:
-            done, _ = await asyncio.wait({ack, collect}, timeout=WATCH_INTERVAL,
-                                         return_when=asyncio.FIRST_EXCEPTION)
+            done, pending = await asyncio.wait(pending, timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
             for f in done:
                 if f.exception() is not None:
                     raise f.exception()
-            if collect in done:
+            if collect.done():
                 return collect.result()
             if not done:
                 await self._watch()
