@@ -57,7 +57,7 @@ def nearest_int(v):
     """ggml's nearest_int: add 1.5 * 2^23 so the float add rounds to an integer (half to even),
     then read it from the mantissa bits; plain arithmetic, no libm call."""
     bits = f32_as_u32(v + np.float32(12582912.0))
-    return np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000)
+    return np.int32((bits & np.uint32(0x007FFFFF)) - np.uint32(0x00400000))  # int32, so loops stay 16 wide
 
 
 @njit(cache=True, inline="always")
@@ -614,53 +614,174 @@ def _scale_min_k4(sc, j):
     return (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)
 
 
+@njit(cache=True, error_model="numpy")
+def _qkx_lanes(nb, n, nmax, xt, wt, rmin, rdelta, nstep, use_mad, scale, the_min, l_iscale, l_min, st, laux):
+    """make_qkx_quants on nb blocks of n values at once, one block per lane: xt[i, b], wt[i, b] are
+    value i of block b and its weight.  Each lane does exactly the scalar search's float operations
+    in its order (the sums run over i, the steps in turn, a lane's min moving when a step wins), so
+    the results are the same bits; looping over the lanes innermost lets LLVM put 16 blocks in one
+    AVX-512 register.  error_model numpy: a lane whose D is 0 divides by it harmlessly (unused).
+
+    Out: scale[b], the_min[b], and the (iscale, min) whose rounding
+    clamp(nearest_int(iscale * (x - min)), 0, nmax) is the search's L (iscale 0: L = 0)."""
+    mn = st[0]
+    mx = st[1]
+    sw = st[2]
+    sx = st[3]
+    isc = st[4]
+    best = st[5]
+    sl = st[6]
+    sl2 = st[7]
+    sxl = st[8]
+    ts = st[9]
+    tm = st[10]
+    ce = st[11]
+    ok = st[12]
+    flat = st[13]
+    fnmax = _f(nmax)
+    lo = np.int32(0)
+    hi = np.int32(nmax)
+    for b in range(nb):
+        v = xt[0, b]
+        mn[b] = v
+        mx[b] = v
+        sw[b] = wt[0, b]
+        sx[b] = wt[0, b] * v
+    for i in range(1, n):
+        for b in range(nb):
+            v = xt[i, b]
+            wv = wt[i, b]
+            mn[b] = v if v < mn[b] else mn[b]
+            mx[b] = v if v > mx[b] else mx[b]
+            sw[b] += wv
+            sx[b] += wv * v
+    for b in range(nb):
+        if mn[b] > 0:
+            mn[b] = F0
+        flat[b] = F1 if mx[b] <= mn[b] else F0
+        isc[b] = fnmax / (mx[b] - mn[b])
+        scale[b] = F1 / isc[b]
+        best[b] = F0
+        l_iscale[b] = isc[b]
+        l_min[b] = mn[b]
+    for i in range(n):
+        for b in range(nb):
+            v = xt[i, b]
+            lv = _clamp(nearest_int(isc[b] * (v - mn[b])), lo, hi)
+            diff = scale[b] * _f(lv) + mn[b] - v
+            diff = abs(diff) if use_mad else diff * diff
+            best[b] += wt[i, b] * diff
+    if nstep >= 1:
+        for step in range(nstep + 1):
+            top = rmin + rdelta * _f(step) + fnmax
+            for b in range(nb):
+                isc[b] = top / (mx[b] - mn[b])
+                sl[b] = F0
+                sl2[b] = F0
+                sxl[b] = F0
+            for i in range(n):
+                for b in range(nb):
+                    v = xt[i, b]
+                    wv = wt[i, b]
+                    lv = _clamp(nearest_int(isc[b] * (v - mn[b])), lo, hi)
+                    laux[i, b] = lv
+                    fl = _f(lv)
+                    sl[b] += wv * fl
+                    sl2[b] += wv * fl * fl
+                    sxl[b] += wv * fl * v
+            for b in range(nb):
+                D = sw[b] * sl2[b] - sl[b] * sl[b]
+                this_scale = (sw[b] * sxl[b] - sx[b] * sl[b]) / D
+                this_min = (sl2[b] * sx[b] - sl[b] * sxl[b]) / D
+                if this_min > 0:
+                    this_min = F0
+                    this_scale = sxl[b] / sl2[b]
+                ts[b] = this_scale
+                tm[b] = this_min
+                ce[b] = F0
+                ok[b] = F1 if D > 0 and flat[b] == F0 else F0
+            for i in range(n):
+                for b in range(nb):
+                    diff = ts[b] * _f(laux[i, b]) + tm[b] - xt[i, b]
+                    diff = abs(diff) if use_mad else diff * diff
+                    ce[b] += wt[i, b] * diff
+            for b in range(nb):
+                if ok[b] != F0 and ce[b] < best[b]:
+                    best[b] = ce[b]
+                    scale[b] = ts[b]
+                    l_iscale[b] = isc[b]
+                    l_min[b] = mn[b]
+                    mn[b] = tm[b]
+    for b in range(nb):
+        the_min[b] = -mn[b]
+        if flat[b] != F0:  # max == min: L = 0, scale 0
+            scale[b] = F0
+            l_iscale[b] = F0
+
+
 @njit(cache=True)
 def _q45_k(x, out, qw, nmax):
-    """Q4_K (nmax 15) and Q5_K (nmax 31): 8 blocks of 32 with 6-bit scales and mins."""
+    """Q4_K (nmax 15) and Q5_K (nmax 31): 8 blocks of 32 with 6-bit scales and mins.  The block
+    searches of the whole row run together as lanes (_qkx_lanes), then each super-block as before."""
     size = 144 if nmax == 15 else 176
+    n_cols = x.shape[0]
+    nb = n_cols // 32
+    nbp = (nb + 15) // 16 * 16  # lanes padded to whole vectors with all-zero blocks
+    xt = np.zeros((32, nbp), np.float32)
+    wt = np.zeros((32, nbp), np.float32)
+    laux = np.empty((32, nbp), np.int32)
+    st = np.empty((14, nbp), np.float32)
+    scales = np.empty(nbp, np.float32)
+    mins = np.empty(nbp, np.float32)
+    l_isc = np.empty(nbp, np.float32)
+    l_mn = np.empty(nbp, np.float32)
     L = np.empty(256, np.int32)
-    Laux = np.empty(32, np.int32)
-    w = np.empty(32, np.float32)
-    scales = np.empty(8, np.float32)
-    mins = np.empty(8, np.float32)
     sw = np.empty(8, np.float32)
     Ls = np.empty(8, np.int32)
     Lm = np.empty(8, np.int32)
-    rmin, nstep = (np.float32(-1.0), 20) if nmax == 15 else (np.float32(-0.5), 15)
-    for i in range(x.shape[0] // 256):
+    lo = np.int32(0)
+    hi = np.int32(nmax)
+    for b in range(nb):
+        xb = x[b * 32 : b * 32 + 32]
+        for k in range(32):
+            xt[k, b] = xb[k]
+    if qw.shape[0]:
+        for i in range(n_cols // 256):
+            sigma2 = np.float32(2.0) * _sum_squares(x[i * 256 : i * 256 + 256]) / np.float32(256.0)
+            for e in range(i * 256, i * 256 + 256):
+                wt[e % 32, e // 32] = qw[e] * np.sqrt(sigma2 + x[e] * x[e])
+        _qkx_lanes(nbp, 32, nmax, xt, wt, np.float32(-0.9), np.float32(0.05), 36, False,
+                   scales, mins, l_isc, l_mn, st, laux)
+    else:
+        for b in range(nb):
+            xb = x[b * 32 : b * 32 + 32]
+            av_x = np.sqrt(_sum_squares(xb) / np.float32(32.0))
+            for k in range(32):
+                wt[k, b] = av_x + abs(xb[k])
+        rmin, nstep = (np.float32(-1.0), 20) if nmax == 15 else (np.float32(-0.5), 15)
+        _qkx_lanes(nbp, 32, nmax, xt, wt, rmin, np.float32(0.1), nstep, False, scales, mins, l_isc, l_mn, st, laux)
+    for i in range(n_cols // 256):
         xs = x[i * 256 : i * 256 + 256]
         o = i * size  # d, dmin, scales[12], (qh[32]), qs[128]
         if qw.shape[0]:
-            sigma2 = np.float32(2.0) * _sum_squares(xs) / np.float32(256.0)
             for j in range(8):
-                _importance(xs[32 * j : 32 * j + 32], qw[i * 256 + 32 * j : i * 256 + 32 * j + 32], sigma2, w)
                 s = F0
                 for k in range(32):
-                    s += w[k]
+                    s += wt[k, 8 * i + j]
                 sw[j] = s
-                scales[j], mins[j] = make_qkx_quants(
-                    32, nmax, xs[32 * j :], w, L[32 * j :], Laux, np.float32(-0.9), np.float32(0.05), 36, False
-                )
-            d_block = make_qp_quants(8, 63, scales, Ls, sw)
-            m_block = make_qp_quants(8, 63, mins, Lm, sw)
+            d_block = make_qp_quants(8, 63, scales[8 * i : 8 * i + 8], Ls, sw)
+            m_block = make_qp_quants(8, 63, mins[8 * i : 8 * i + 8], Lm, sw)
         else:
             max_scale = F0
             max_min = F0
             for j in range(8):
-                xb = xs[32 * j : 32 * j + 32]
-                av_x = np.sqrt(_sum_squares(xb) / np.float32(32.0))
-                for k in range(32):
-                    w[k] = av_x + abs(xb[k])
-                scales[j], mins[j] = make_qkx_quants(
-                    32, nmax, xb, w, L[32 * j :], Laux, rmin, np.float32(0.1), nstep, False
-                )
-                max_scale = max(max_scale, scales[j])
-                max_min = max(max_min, mins[j])
+                max_scale = max(max_scale, scales[8 * i + j])
+                max_min = max(max_min, mins[8 * i + j])
             inv_scale = np.float32(63.0) / max_scale if max_scale > 0 else F0
             inv_min = np.float32(63.0) / max_min if max_min > 0 else F0
             for j in range(8):
-                Ls[j] = nearest_int(inv_scale * scales[j]) & 255
-                Lm[j] = nearest_int(inv_min * mins[j]) & 255
+                Ls[j] = nearest_int(inv_scale * scales[8 * i + j]) & 255
+                Lm[j] = nearest_int(inv_min * mins[8 * i + j]) & 255
             d_block = max_scale / np.float32(63.0)
             m_block = max_min / np.float32(63.0)
         sc = out[o + 4 : o + 16]
@@ -678,11 +799,14 @@ def _q45_k(x, out, qw, nmax):
         for j in range(8):
             ls, lm = _scale_min_k4(sc, j)
             d = d_all * _f(ls)
-            if d == 0:
+            if d == 0:  # the search's own L
+                b = 8 * i + j
+                for k in range(32):
+                    L[32 * j + k] = _clamp(nearest_int(l_isc[b] * (xs[32 * j + k] - l_mn[b])), lo, hi)
                 continue
             dm = m_all * _f(lm)
             for k in range(32):
-                L[32 * j + k] = _clamp(nearest_int((xs[32 * j + k] + dm) / d), 0, nmax)
+                L[32 * j + k] = _clamp(nearest_int((xs[32 * j + k] + dm) / d), lo, hi)
         if nmax == 15:
             for j in range(0, 256, 64):
                 for k in range(32):
@@ -703,40 +827,120 @@ def _q45_k(x, out, qw, nmax):
                     out[o + 48 + n // 2 + k] = l1 | (l2 << 4)
 
 
+@njit(cache=True, error_model="numpy")
+def _qx_lanes(nb, n, nmax, xt, wt, scale, l_iscale, st):
+    """make_qx_quants on nb blocks of n values at once, one block per lane (as _qkx_lanes).
+
+    Out: scale[b], and the iscale whose rounding nmax + clamp(nearest_int(iscale * x), -nmax, nmax-1)
+    is the search's L (iscale 0: an all-zero block, L = 0)."""
+    amax = st[0]
+    mx = st[1]
+    slx = st[2]
+    sl2 = st[3]
+    best = st[4]
+    isc = st[5]
+    fnmax = _f(nmax)
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    for b in range(nb):
+        amax[b] = F0
+        mx[b] = F0
+    for i in range(n):
+        for b in range(nb):
+            v = xt[i, b]
+            av = abs(v)
+            up = av > amax[b]  # the first of equal maxima, as _abs_max
+            amax[b] = av if up else amax[b]
+            mx[b] = v if up else mx[b]
+    for b in range(nb):
+        isc[b] = -fnmax / mx[b]
+        slx[b] = F0
+        sl2[b] = F0
+    for i in range(n):
+        for b in range(nb):
+            v = xt[i, b]
+            wv = wt[i, b]
+            fl = _f(_clamp(nearest_int(isc[b] * v), lo, hi))
+            slx[b] += wv * v * fl
+            sl2[b] += wv * fl * fl
+    for b in range(nb):
+        s = slx[b] / sl2[b] if sl2[b] != 0 else F0
+        scale[b] = s
+        best[b] = s * slx[b]
+        l_iscale[b] = isc[b]
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        top = -(fnmax + np.float32(0.1) * _f(step))
+        for b in range(nb):
+            isc[b] = top / mx[b]
+            slx[b] = F0
+            sl2[b] = F0
+        for i in range(n):
+            for b in range(nb):
+                v = xt[i, b]
+                wv = wt[i, b]
+                fl = _f(_clamp(nearest_int(isc[b] * v), lo, hi))
+                slx[b] += wv * v * fl
+                sl2[b] += wv * fl * fl
+        for b in range(nb):
+            if sl2[b] > 0 and slx[b] * slx[b] > best[b] * sl2[b]:
+                s = slx[b] / sl2[b]
+                scale[b] = s
+                best[b] = s * slx[b]
+                l_iscale[b] = isc[b]
+    for b in range(nb):
+        if amax[b] < GROUP_MAX_EPS:
+            scale[b] = F0
+            l_iscale[b] = F0
+
+
 @njit(cache=True)
 def _q6_k(x, out, qw):
+    """Q6_K: 16 blocks of 16 with int8 scales; the block searches of the row run as lanes (_qx_lanes)."""
+    n_cols = x.shape[0]
+    nb = n_cols // 16
+    nbp = (nb + 15) // 16 * 16
+    xt = np.zeros((16, nbp), np.float32)
+    wt = np.zeros((16, nbp), np.float32)
+    st = np.empty((6, nbp), np.float32)
+    scales = np.empty(nbp, np.float32)
+    l_isc = np.empty(nbp, np.float32)
     L = np.empty(256, np.int32)
-    w = np.empty(16, np.float32)
-    scales = np.empty(16, np.float32)
-    for i in range(x.shape[0] // 256):
+    lo = np.int32(-32)
+    hi = np.int32(31)
+    for b in range(nb):
+        for k in range(16):
+            v = x[b * 16 + k]
+            xt[k, b] = v
+            wt[k, b] = qw[b * 16 + k] if qw.shape[0] else v * v
+    _qx_lanes(nbp, 16, 32, xt, wt, scales, l_isc, st)
+    for i in range(n_cols // 256):
         xs = x[i * 256 : i * 256 + 256]
         o = i * 210  # ql[128], qh[64], scales[16], d
         max_scale = F0
         max_abs = F0
         for j in range(16):
-            xb = xs[16 * j : 16 * j + 16]
-            if qw.shape[0]:
-                w[:] = qw[i * 256 + 16 * j : i * 256 + 16 * j + 16]
-            else:
-                for k in range(16):
-                    w[k] = xb[k] * xb[k]
-            scales[j] = make_qx_quants(16, 32, xb, L[16 * j :], w)
-            if abs(scales[j]) > max_abs:
-                max_abs = abs(scales[j])
-                max_scale = scales[j]
+            s = scales[16 * i + j]
+            if abs(s) > max_abs:
+                max_abs = abs(s)
+                max_scale = s
         if max_abs < GROUP_MAX_EPS:
             out[o : o + 210] = 0
             continue
         iscale = np.float32(-128.0) / max_scale
         d_all = _put_f16(out, o + 208, F1 / iscale)
         for j in range(16):
-            s = min(127, nearest_int(iscale * scales[j]))
+            s = min(127, nearest_int(iscale * scales[16 * i + j]))
             out[o + 192 + j] = np.uint8(np.int8(s))
             d = d_all * _f(np.int8(s))
-            if d == 0:
+            if d == 0:  # the search's own L
+                li = l_isc[16 * i + j]
+                for k in range(16):
+                    L[16 * j + k] = 0 if li == 0 else 32 + _clamp(nearest_int(li * xs[16 * j + k]), lo, hi)
                 continue
             for k in range(16):
-                L[16 * j + k] = _clamp(nearest_int(xs[16 * j + k] / d), -32, 31) + 32
+                L[16 * j + k] = _clamp(nearest_int(xs[16 * j + k] / d), lo, hi) + 32
         for j in range(0, 256, 128):
             ql = o + j // 2
             qh = o + 128 + j // 4
