@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from ._common import open_model, set_threads, user_errors
+from ._common import Rpc, TensorSplit, open_model, set_threads, user_errors
 
 
 @user_errors
@@ -16,9 +16,11 @@ def simple(
     hf_repo: str = typer.Option(None, "-hf", "--hf-repo", help="Hugging Face repo user/repo[:QUANT]."),
     n_predict: int = typer.Option(32, "-n", "--n-predict", help="Number of tokens to generate."),
     threads: int = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    rpc: Rpc = None,
+    tensor_split: TensorSplit = None,
 ) -> None:
     set_threads(threads)
-    m = open_model(model, hf_repo)
+    m = open_model(model, hf_repo, rpc, tensor_split)
     ids = m.tokenize(prompt)
     out = sys.stdout
     out.write(prompt)
