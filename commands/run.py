@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import fail, open_model, sampling_options, set_threads, user_errors
+from ._common import Rpc, TensorSplit, fail, open_model, sampling_options, set_threads, user_errors
 
 DEFAULT_CTX = 2048
 
@@ -35,6 +35,8 @@ def run(
     repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="How many recent tokens the penalty sees."),
     seed: int = typer.Option(-1, "-s", "--seed", help="RNG seed (-1: random)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Timings on stderr."),
+    rpc: Rpc = None,
+    tensor_split: TensorSplit = None,
 ) -> None:
     launched = time.perf_counter()
     set_threads(threads)
@@ -46,7 +48,7 @@ def run(
         prompt = sys.stdin.read()
     if ctx_size <= 0:
         fail(f"context size must be positive, got {ctx_size}")
-    m = open_model(model, hf_repo)
+    m = open_model(model, hf_repo, rpc, tensor_split)
     options = sampling_options(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
     timings = None
     for step in m.generate(prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size, **options):
