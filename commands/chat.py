@@ -16,7 +16,16 @@ from typing import Annotated
 
 import typer
 
-from ._common import DeferredInterrupt, fail, open_model, sampling_options, set_threads, user_errors
+from ._common import (
+    DeferredInterrupt,
+    Rpc,
+    TensorSplit,
+    fail,
+    open_model,
+    sampling_options,
+    set_threads,
+    user_errors,
+)
 from .chat_input import ScriptInput, TerminalInput
 
 DEFAULT_CTX = 4096
@@ -230,6 +239,8 @@ def chat(
     reverse_prompt: ReversePrompts = None,
     no_show_timings: bool = typer.Option(False, "--no-show-timings", help="No stats line after each reply."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also the time to the first reply token."),
+    rpc: Rpc = None,
+    tensor_split: TensorSplit = None,
 ) -> None:
     from llamapy.chat import Chat, read_template_file
 
@@ -240,7 +251,7 @@ def chat(
     if system_file is not None:
         system = _read_text_file(system_file)
     template_text = read_template_file(chat_template_file) if chat_template_file else chat_template
-    m = open_model(model, hf_repo)
+    m = open_model(model, hf_repo, rpc, tensor_split)
     fmt = m.chat_format(template_text)
     if fmt.chosen_from_tokens:
         say(f"chat: the model has no chat template; using the built-in '{fmt.name}' (chosen from its special tokens)")
