@@ -5,6 +5,7 @@ Results go to stdout (text, or one JSON object with -o json); the progress bar a
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import fail, model_path, open_model, set_threads, user_errors
+from ._common import Rpc, TensorSplit, fail, model_path, open_model, set_threads, user_errors
 
 PASS_TOKENS = 2048  # llama.cpp reports "seconds per pass": one batch of its default -b 2048 tokens
 
@@ -36,6 +37,8 @@ def perplexity(
                                  "(and as many sampled from the rest)."),
     hellaswag: bool = typer.Option(False, "--hellaswag", help="HellaSwag acc_norm on the tasks in -f."),
     hellaswag_tasks: int = typer.Option(400, "--hellaswag-tasks", help="How many HellaSwag tasks to score."),
+    rpc: Rpc = None,
+    tensor_split: TensorSplit = None,
 ) -> None:
     if output_format not in ("text", "json"):
         fail(f"unknown output format {output_format!r} (-o): use text or json")
@@ -49,12 +52,13 @@ def perplexity(
         model = str(model_path(model, hf_repo))
     set_threads(threads)
     as_json = output_format == "json"
+    load = functools.partial(open_model, model, None, rpc, tensor_split)
     if kl_divergence:
-        return compare_with_base(model, kl_base, batch_size, chunks, as_json)
+        return compare_with_base(load, kl_base, batch_size, chunks, as_json)
     text = read_text(Path(file))
     if hellaswag:
-        return score_hellaswag(model, text, hellaswag_tasks, ctx_size, as_json)
-    return score_text(model, text, ctx_size, batch_size, chunks, kl_base, kl_top_k, as_json)
+        return score_hellaswag(load, text, hellaswag_tasks, ctx_size, as_json)
+    return score_text(load, text, ctx_size, batch_size, chunks, kl_base, kl_top_k, as_json)
 
 
 def read_text(path: Path) -> str:
@@ -111,10 +115,10 @@ class RunningLine:
             sys.stdout.write("".join(self.parts) + "\n")
 
 
-def score_text(model, text, n_ctx, n_batch, max_chunks, base_path, top_k, as_json) -> None:
+def score_text(load, text, n_ctx, n_batch, max_chunks, base_path, top_k, as_json) -> None:
     from llamapy.perplexity import BaseRecorder, count_chunks, perplexity, tokenize_text
 
-    m = open_model(model)
+    m = load()
     tokens = tokenize_text(m, text)
     n_chunks = count_chunks(len(tokens), n_ctx, max_chunks)
     warn_beyond_training(m, n_ctx)
@@ -160,13 +164,13 @@ def kl_chunk_row(index: int, sums) -> str:
             f"{100 * same:>6.3f} ± {100 * same_err:>5.3f} %")
 
 
-def compare_with_base(model, base_path, n_batch, max_chunks, as_json) -> None:
+def compare_with_base(load, base_path, n_batch, max_chunks, as_json) -> None:
     from tqdm import tqdm
 
     from llamapy.perplexity import BaseLogProbs, kl_divergence, kl_summary
 
     base = BaseLogProbs.load(base_path)
-    m = open_model(model)
+    m = load()
     sums = None
     started = time.perf_counter()
     n_chunks = base.n_chunks if max_chunks <= 0 else min(max_chunks, base.n_chunks)
@@ -221,7 +225,7 @@ def print_kl_summary(s: dict, top_k: int) -> None:
 # --- HellaSwag ----------------------------------------------------------------------------------------
 
 
-def score_hellaswag(model, text, n_tasks, n_ctx, as_json) -> None:
+def score_hellaswag(load, text, n_tasks, n_ctx, as_json) -> None:
     from tqdm import tqdm
 
     from llamapy.perplexity import hellaswag, parse_hellaswag
@@ -229,7 +233,7 @@ def score_hellaswag(model, text, n_tasks, n_ctx, as_json) -> None:
     tasks = parse_hellaswag(text)
     if n_tasks <= 0:
         fail(f"--hellaswag-tasks must be positive, got {n_tasks}")
-    m = open_model(model)
+    m = load()
     last = None
     started = time.perf_counter()
     if not as_json:
