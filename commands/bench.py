@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail, open_model, user_errors
+from ._common import Rpc, TensorSplit, fail, open_model, user_errors
 
 LIST_HELP = "List: 128,512 or a range such as 64-512*2; the flag may repeat."
 
@@ -43,6 +43,8 @@ def bench(
     progress: bool = typer.Option(False, "--progress", help="Progress lines on stderr."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run of each test."),
     roofline: bool = typer.Option(False, "--roofline", help="Measure memory read bandwidth; show tg as a share of it."),
+    rpc: Rpc = None,
+    tensor_split: TensorSplit = None,
 ) -> None:
     import numba
 
@@ -71,11 +73,19 @@ def bench(
     bandwidth = _bandwidth(thread_counts, say) if roofline else None
     printer = lb.make_printer(output, show_batch=batches != [lb.DEFAULT_N_BATCH], roofline=bandwidth)
     _emit(printer.header())
-    _run_all(lb, tests, reps, not no_warmup, bandwidth, printer, say)
+    hops: list[dict] = []  # --rpc: per-hop latency of each test, printed after the table
+    legend = _run_all(lb, tests, reps, not no_warmup, bandwidth, printer, say, (rpc, tensor_split), hops)
     _emit(printer.footer())
+    if hops:
+        from llamapy.distributed.report import hop_table
+
+        if output == "md":
+            _emit(hop_table(hops, legend))
+        else:  # stdout stays one csv/json document
+            print(hop_table(hops, legend), file=sys.stderr, end="")
 
 
-def _run_all(lb, tests, reps, warmup, bandwidth, printer, say) -> None:
+def _run_all(lb, tests, reps, warmup, bandwidth, printer, say, remote=(None, None), hops=None) -> str:
     loaded, info = None, None
     for i, test in enumerate(tests, 1):
         def step(message, i=i):
@@ -85,12 +95,21 @@ def _run_all(lb, tests, reps, warmup, bandwidth, printer, say) -> None:
         # Tests come model by model, so each model is opened once.
         if loaded is None or loaded.path != test.model:
             loaded = None  # drop the previous model's mapping before opening the next
-            loaded = open_model(test.model)
+            loaded = open_model(test.model, None, *remote)
             info = lb.describe(loaded)
         started = lb.now_rfc3339()
         samples = lb.measure(loaded, info, test, reps, warmup=warmup, step=step)
         roof = bandwidth.get(test.n_threads) if bandwidth else None
         _emit(printer.row(lb.Result(test, info, samples, started, roof)))
+        if remote[0]:
+            from llamapy.distributed.report import take_hop_rows
+
+            hops.extend(take_hop_rows(loaded, test.name))
+    if remote[0] and loaded is not None:
+        from llamapy.distributed.report import stage_legend
+
+        return stage_legend(loaded)
+    return ""
 
 
 def _bandwidth(thread_counts, say) -> dict[int, float]:
