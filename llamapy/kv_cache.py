@@ -1,48 +1,117 @@
-"""The key/value cache: preallocated per layer, filled position by position."""
+"""The key/value cache: preallocated per layer, filled position by position, in a storage type.
+
+Storage types (-ctk / -ctv, llama.cpp's names): f16 (llama.cpp's default; kept as float16 bits),
+f32, q8_0 and q4_0 (blocks of 32 along the head, one scale each). Attention reads any of them
+through kernels/kv_access.py.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+from .kernels.kv_access import quantize_cells_q4_0, quantize_cells_q8_0
 
 
 class ContextFull(ValueError):
     """More tokens than the context (-c) holds."""
 
 
-class KVCache:
-    """Keys and values of every layer for positions 0..n_ctx-1.
+class CacheType(NamedTuple):
+    name: str
+    dtype: type
+    values_per_cell: int  # quants packed in one stored element
+    block: int  # values per scale (0: no scales)
 
-    Values are float16-rounded (as llama.cpp's f16 cache) but stored as float32, since numba has no
-    float16 on the CPU. np.zeros maps untouched pages lazily, so memory grows with use, not n_ctx.
+    def bytes_per_value(self) -> float:
+        scale_bytes = 2 / self.block if self.block else 0  # llama.cpp stores the scale as float16
+        return np.dtype(self.dtype).itemsize / self.values_per_cell + scale_bytes
+
+
+CACHE_TYPES = {t.name: t for t in (
+    CacheType("f16", np.uint16, 1, 0),
+    CacheType("f32", np.float32, 1, 0),
+    CacheType("q8_0", np.int8, 1, 32),
+    CacheType("q4_0", np.uint8, 2, 32),
+)}
+
+
+def cache_type(name: str) -> CacheType:
+    t = CACHE_TYPES.get(str(name).lower())
+    if t is None:
+        raise ValueError(f"unknown KV cache type {name!r} (one of: {', '.join(CACHE_TYPES)})")
+    return t
+
+
+class _Cells:
+    """One layer's keys or values in a storage type: cells [n_ctx, heads, d / per_cell] + scales."""
+
+    _NO_SCALES = np.zeros((1, 1, 1), np.float32)
+
+    def __init__(self, kind: CacheType, n_ctx: int, heads: int, dim: int):
+        if kind.block and dim % kind.block:
+            raise ValueError(f"a {kind.name} KV cache needs a head size that is a multiple of {kind.block}, "
+                             f"this model's is {dim}")
+        self.kind = kind
+        # np.zeros maps untouched pages lazily, so memory grows with use, not n_ctx.
+        self.cells = np.zeros((n_ctx, heads, dim // kind.values_per_cell), kind.dtype)
+        self.scales = np.zeros((n_ctx, heads, dim // kind.block), np.float32) if kind.block else self._NO_SCALES
+
+    def store(self, pos0: int, x: np.ndarray) -> None:
+        n, name = x.shape[0], self.kind.name
+        if name == "f32":
+            self.cells[pos0:pos0 + n] = x
+        elif name == "f16":
+            self.cells[pos0:pos0 + n] = x.astype(np.float16).view(np.uint16)
+        elif name == "q8_0":
+            quantize_cells_q8_0(np.ascontiguousarray(x), self.cells[pos0:pos0 + n], self.scales[pos0:pos0 + n])
+        else:
+            quantize_cells_q4_0(np.ascontiguousarray(x), self.cells[pos0:pos0 + n], self.scales[pos0:pos0 + n])
+
+    def view(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.cells[:n], self.scales[:n] if self.kind.block else self.scales
+
+
+class KVCache:
+    """Keys and values of every layer (or of a pipeline stage's layers) for positions 0..n_ctx-1.
+
     Cells 0..n_past-1 are valid; the next forward pass writes at position n_past. Forgetting the tail
     (trim) only moves n_past back: attention never reads beyond it, so stale cells need no clearing.
     """
 
     def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int,
-                 first_layer: int = 0):
+                 first_layer: int = 0, type_k: str = "f16", type_v: str = "f16"):
         self.n_ctx = n_ctx
         # A pipeline stage holds only layers first_layer .. first_layer + n_layer - 1.
         self.first_layer = first_layer
-        self.k = [np.zeros((n_ctx, n_head_kv, head_dim), dtype=np.float32) for _ in range(n_layer)]
-        self.v = [np.zeros((n_ctx, n_head_kv, head_dim_v), dtype=np.float32) for _ in range(n_layer)]
+        self.type_k, self.type_v = cache_type(type_k), cache_type(type_v)
+        self.k = [_Cells(self.type_k, n_ctx, n_head_kv, head_dim) for _ in range(n_layer)]
+        self.v = [_Cells(self.type_v, n_ctx, n_head_kv, head_dim_v) for _ in range(n_layer)]
         self.n_past = 0
 
     @property
     def n_free(self) -> int:
         return self.n_ctx - self.n_past
 
+    def nbytes(self) -> int:
+        """Bytes the cache holds once every cell is in use."""
+        return sum(c.cells.nbytes + (c.scales.nbytes if c.kind.block else 0) for c in self.k + self.v)
+
     def check_room(self, pos0: int, n: int) -> None:
         if pos0 + n > self.n_ctx:
             raise ContextFull(f"context is full: {pos0 + n} tokens do not fit in a context of {self.n_ctx} (-c)")
 
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
-        n, i = k.shape[0], layer - self.first_layer
-        self.k[i][pos0:pos0 + n] = k
-        self.v[i][pos0:pos0 + n] = v
-
-    def view(self, layer: int, n_filled: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values [n, heads, d] (float32) of positions pos0.., in the cache's types."""
         i = layer - self.first_layer
-        return self.k[i][:n_filled], self.v[i][:n_filled]
+        self.k[i].store(pos0, k)
+        self.v[i].store(pos0, v)
+
+    def view(self, layer: int, n_filled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(key cells, key scales, value cells, value scales) of positions 0..n_filled-1."""
+        i = layer - self.first_layer
+        return (*self.k[i].view(n_filled), *self.v[i].view(n_filled))
 
     def trim(self, n: int) -> None:
         """Forget every cached position from n on (llama_memory_seq_rm(seq, n, -1))."""

@@ -142,13 +142,13 @@ def _is_array_of(value, kind: str) -> bool:
 
 # --- memory -------------------------------------------------------------------------------------
 
-def context_bytes(config: ModelConfig, n_ctx: int, bytes_per_value: int = 4, n_layer: int | None = None) -> int:
+def context_bytes(config: ModelConfig, n_ctx: int, bytes_per_value: float = 2, n_layer: int | None = None) -> int:
     """KV cache (of every layer, or n_layer of them) plus RoPE tables for n_ctx positions."""
     c = config
     layers = c.n_layer if n_layer is None else n_layer
     kv = layers * n_ctx * c.n_head_kv * (c.head_dim + c.head_dim_v) * bytes_per_value
     rope = 2 * 2 * n_ctx * (c.rope_dim // 2) * 4  # cos and sin, up to two bases
-    return kv + rope
+    return int(kv) + rope
 
 
 def available_memory() -> int:
@@ -166,10 +166,11 @@ def available_memory() -> int:
         return 1 << 62
 
 
-def check_context_memory(config: ModelConfig, n_ctx: int, n_layer: int | None = None) -> None:
+def check_context_memory(config: ModelConfig, n_ctx: int, n_layer: int | None = None,
+                         bytes_per_value: float = 2) -> None:
     if n_ctx <= 0:
         raise ContextTooLarge(f"context size must be positive, got {n_ctx} (-c)")
-    need, have = context_bytes(config, n_ctx, n_layer=n_layer), available_memory()
+    need, have = context_bytes(config, n_ctx, bytes_per_value, n_layer=n_layer), available_memory()
     if need > have:
         raise ContextTooLarge(
             f"a context of {n_ctx} tokens (-c) needs {_gib(need)} for the KV cache, more than the {_gib(have)} "

@@ -10,6 +10,7 @@ from numba import njit, prange
 
 from ..quants._bits import fma32, round_f16
 from .activations import ggml_expf
+from .kv_access import kv_value
 
 FA_TILE_Q = 64  # ggml's query tile: from this batch size on it takes the float32 tiled path
 FA_TILE_KV = 64  # keys per tile in that path
@@ -19,10 +20,11 @@ SPLIT_KV_MIN = 512  # from this many cells one-token attention is split across t
 SPLIT_KV_THREADS = 2  # the split follows the thread count; our reference used 2
 
 
-def attention(q, k_cache, v_cache, pos0, window, scale, out, n_ctx=0):
+def attention(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out, n_ctx=0):
     """Softmax attention for queries q [n, n_head, d] at positions pos0 .. pos0+n-1.
 
-    k_cache/v_cache are [n_ctx, n_head_kv, d] and hold every position up to pos0+n-1. Query t sees
+    k_cache/v_cache are [n_ctx, n_head_kv, d] cells (any storage type of kv_access.py, with their
+    per-32 scales) and hold every position up to pos0+n-1. Query t sees
     keys p with p <= pos0+t and, when window > 0, pos0+t - p < window (llama.cpp's standard SWA).
     n_ctx (the context size) decides, as in llama.cpp, when one-token attention splits its keys.
     One token runs serially: a parallel region costs more to start than nine heads take.
@@ -31,7 +33,7 @@ def attention(q, k_cache, v_cache, pos0, window, scale, out, n_ctx=0):
     n_kv = min(_pad(max(n_ctx, 1)), max(KV_PAD, _pad(pos0 + n)))
     split = n == 1 and n_kv >= SPLIT_KV_MIN
     kernel = _attention_parallel if n > 1 else _attention_serial
-    return kernel(q, k_cache, v_cache, pos0, window, scale, out, n_kv if split else 0)
+    return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out, n_kv if split else 0)
 
 
 def _pad(n: int) -> int:
@@ -39,7 +41,7 @@ def _pad(n: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out, split_kv):
+def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     n, n_head, d = q.shape
     group = n_head // k_cache.shape[1]
     t = task // n_head
@@ -51,29 +53,29 @@ def _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out, split_kv):
         for c in range(d):
             qv[c] = round_f16(qv[c])
         if split_kv:
-            _attend_split(qv, k_cache, v_cache, h // group, first, pos + 1, scale, split_kv, out[t, h])
+            _attend_split(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, split_kv, out[t, h])
         else:
-            _attend_one(qv, k_cache, v_cache, h // group, first, pos + 1, scale, True, out[t, h])
+            _attend_one(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, True, out[t, h])
     else:
-        _attend_tiled(qv, k_cache, v_cache, h // group, first, pos + 1, scale, out[t, h])
+        _attend_tiled(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, out[t, h])
 
 
 @njit(cache=True, parallel=True)
-def _attention_parallel(q, k_cache, v_cache, pos0, window, scale, out, split_kv):
+def _attention_parallel(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     for task in prange(q.shape[0] * q.shape[1]):
-        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out, split_kv)
+        _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
     return out
 
 
 @njit(cache=True)
-def _attention_serial(q, k_cache, v_cache, pos0, window, scale, out, split_kv):
+def _attention_serial(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     for task in range(q.shape[0] * q.shape[1]):
-        _attend_task(task, q, k_cache, v_cache, pos0, window, scale, out, split_kv)
+        _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
     return out
 
 
 @njit(cache=True)
-def _attend_tiled(qv, k_cache, v_cache, kh, first, end, scale, out):
+def _attend_tiled(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, out):
     """ggml's tiled flash attention for one query: keys in tiles of 64 from position 0, scores as
     sequential fma chains, an online softmax per tile with ggml's expf, V summed in float32."""
     d = qv.shape[0]
@@ -89,7 +91,7 @@ def _attend_tiled(qv, k_cache, v_cache, kh, first, end, scale, out):
             if first <= j < end:
                 s = np.float32(0.0)
                 for c in range(d):
-                    s = fma32(qv[c], k_cache[j, kh, c], s)
+                    s = fma32(qv[c], kv_value(k_cache, ks, j, kh, c), s)
                 kq[tk] = s * scale
                 tile_max = max(tile_max, kq[tk])
             else:
@@ -112,20 +114,20 @@ def _attend_tiled(qv, k_cache, v_cache, kh, first, end, scale, out):
             j = start + tk
             if first <= j < end:
                 for c in range(dv):
-                    acc[c] = fma32(kq[tk], v_cache[j, kh, c], acc[c])
+                    acc[c] = fma32(kq[tk], kv_value(v_cache, vs, j, kh, c), acc[c])
     inv = np.float32(1.0) / total
     for c in range(dv):
         out[c] = acc[c] * inv
 
 
 @njit(cache=True, inline="always")
-def _dot_f16_order(qv, k_cache, j, kh, acc):
+def _dot_f16_order(qv, k_cache, ks, j, kh, acc):
     """q·k summed as ggml_vec_dot_f16 does on AVX2: 4×8 fused lanes over steps of 32, then its reduce."""
     d = qv.shape[0]
     acc[:] = 0.0
     for i in range(0, d, 32):
         for m in range(32):
-            acc[m] = fma32(qv[i + m], k_cache[j, kh, i + m], acc[m])
+            acc[m] = fma32(qv[i + m], kv_value(k_cache, ks, j, kh, i + m), acc[m])
     t0 = ((acc[0] + acc[16]) + (acc[8] + acc[24])) + ((acc[4] + acc[20]) + (acc[12] + acc[28]))
     t1 = ((acc[1] + acc[17]) + (acc[9] + acc[25])) + ((acc[5] + acc[21]) + (acc[13] + acc[29]))
     t2 = ((acc[2] + acc[18]) + (acc[10] + acc[26])) + ((acc[6] + acc[22]) + (acc[14] + acc[30]))
@@ -134,16 +136,16 @@ def _dot_f16_order(qv, k_cache, j, kh, acc):
 
 
 @njit(cache=True)
-def _attend_one(qv, k_cache, v_cache, kh, first, end, scale, half_precision, out):
+def _attend_one(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_precision, out):
     """Online softmax over keys first..end-1 of kv head kh, written to out [dv]."""
-    running_max, total = _online_softmax(qv, k_cache, v_cache, kh, first, end, scale, half_precision, out)
+    running_max, total = _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_precision, out)
     inv = np.float32(1.0) / total
     for c in range(out.shape[0]):
         out[c] = out[c] * inv
 
 
 @njit(cache=True)
-def _attend_split(qv, k_cache, v_cache, kh, first, end, scale, n_kv, out):
+def _attend_split(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, n_kv, out):
     """One token over n_kv cells cut in one chunk per thread, each summed apart, then merged."""
     dv = out.shape[0]
     chunk = (n_kv + SPLIT_KV_THREADS - 1) // SPLIT_KV_THREADS
@@ -155,7 +157,7 @@ def _attend_split(qv, k_cache, v_cache, kh, first, end, scale, n_kv, out):
         lo, hi = max(first, c * chunk), min(end, (c + 1) * chunk)
         if lo >= hi:
             continue
-        part_max, part_total = _online_softmax(qv, k_cache, v_cache, kh, lo, hi, scale, True, part)
+        part_max, part_total = _online_softmax(qv, k_cache, ks, v_cache, vs, kh, lo, hi, scale, True, part)
         new_max = max(merged_max, part_max)
         scale_old = np.float32(np.exp(np.float32(merged_max - new_max)))
         scale_new = np.float32(np.exp(np.float32(part_max - new_max)))
@@ -169,7 +171,7 @@ def _attend_split(qv, k_cache, v_cache, kh, first, end, scale, n_kv, out):
 
 
 @njit(cache=True, inline="always")
-def _online_softmax(qv, k_cache, v_cache, kh, first, end, scale, half_precision, acc):
+def _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_precision, acc):
     """ggml's one-query flash attention: acc gets the unnormalised weighted V sum; (max, sum) back."""
     d = qv.shape[0]
     dv = acc.shape[0]
@@ -179,11 +181,11 @@ def _online_softmax(qv, k_cache, v_cache, kh, first, end, scale, half_precision,
     total = np.float32(0.0)
     for j in range(first, end):
         if half_precision and d % 32 == 0:
-            s = _dot_f16_order(qv, k_cache, j, kh, lanes)
+            s = _dot_f16_order(qv, k_cache, ks, j, kh, lanes)
         else:
             s = np.float32(0.0)
             for c in range(d):
-                s += qv[c] * k_cache[j, kh, c]
+                s += qv[c] * kv_value(k_cache, ks, j, kh, c)
         s *= scale
         rescale = np.float32(1.0)
         weight = np.float32(1.0)
@@ -197,7 +199,7 @@ def _online_softmax(qv, k_cache, v_cache, kh, first, end, scale, half_precision,
         else:
             weight = np.float32(np.exp(np.float32(s - running_max)))
         for c in range(dv):
-            acc[c] = fma32(v_cache[j, kh, c], weight, acc[c])
+            acc[c] = fma32(kv_value(v_cache, vs, j, kh, c), weight, acc[c])
             if half_precision:
                 acc[c] = round_f16(acc[c])
         total = fma32(total, rescale, weight)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..kernels.rope import ROPE_NORMAL
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, cache_type
 from ..validate import Dim, TensorSpec, check_context_memory
 from .batch import Batch
 from .blocks import AttentionLayer, FeedForward, Linear, RopeCache, Weights, norm
@@ -40,12 +40,18 @@ class DecoderModel:
     def layer_specs(cls, config: ModelConfig) -> dict[str, TensorSpec]:
         raise NotImplementedError
 
+    # KV cache storage types of keys and values (-ctk / -ctv): llama.cpp's default, f16.
+    cache_types: tuple[str, str] = ("f16", "f16")
+
     def new_cache(self, n_ctx: int, layers: range | None = None) -> KVCache:
         """A cache of n_ctx positions for every layer, or for a pipeline stage's `layers` only."""
         c = self.config
         layers = layers if layers is not None else range(c.n_layer)
-        check_context_memory(c, n_ctx, n_layer=len(layers))
-        return KVCache(len(layers), n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, first_layer=layers.start)
+        type_k, type_v = (cache_type(t) for t in self.cache_types)
+        check_context_memory(c, n_ctx, n_layer=len(layers),
+                             bytes_per_value=(type_k.bytes_per_value() + type_v.bytes_per_value()) / 2)
+        return KVCache(len(layers), n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, first_layer=layers.start,
+                       type_k=type_k.name, type_v=type_v.name)
 
     def rope(self, n_ctx: int) -> RopeCache:
         if self._rope is None or self._rope.n_ctx < n_ctx:

@@ -107,11 +107,6 @@ def norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return rms_norm(x, weight, eps, np.empty_like(x))
 
 
-def round_f16(x: np.ndarray) -> np.ndarray:
-    """llama.cpp keeps the KV cache in float16."""
-    return x.astype(np.float16).astype(np.float32)
-
-
 @dataclass
 class AttentionLayer:
     wq: Linear
@@ -150,12 +145,11 @@ class AttentionLayer:
         apply_rope(k, cos, sin, self.rope_mode)
         if q_prescale != 1.0:
             q *= np.float32(q_prescale)
-        k, v = round_f16(k), round_f16(v)
         out = np.empty((n, self.n_head, self.head_dim_v), dtype=np.float32)
         for s in batch.segments:
             s.cache.store(layer, s.pos0, k[s.start:s.stop], v[s.start:s.stop])
-            k_all, v_all = s.cache.view(layer, s.pos0 + s.n)
-            attention(q[s.start:s.stop], k_all, v_all, s.pos0, self.window, np.float32(scale),
+            cells = s.cache.view(layer, s.pos0 + s.n)
+            attention(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
                       out[s.start:s.stop], s.cache.n_ctx)
         return self.wo(out.reshape(n, -1), batch=batch)
 
