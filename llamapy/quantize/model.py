@@ -6,7 +6,9 @@ The library half of `llamapy quantize`; it reports progress through a callback a
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,7 +112,7 @@ def quantize_model(
         kv = _metadata(gguf.kv_entries, file_type, imatrix_info)
         alignment = gguf.alignment
         src_total = dst_total = n_elements = 0
-        with AtomicGGUFWriter(path, kv, specs, alignment) as writer:
+        with AtomicGGUFWriter(path, kv, specs, alignment) as writer, _WriteBehind(writer) as write:
             for i, spec in enumerate(specs):
                 info = gguf.tensors[spec.name]
                 raw = gguf.raw(spec.name)
@@ -119,7 +121,7 @@ def quantize_model(
                 else:
                     importance = _importance_for(imatrix, spec.name, info.shape)
                     data = convert(raw, info.type_id, spec.type_id, info.shape[0], importance)
-                writer.write_tensor(data)
+                write(data)
                 src_total += info.n_bytes
                 dst_total += spec.n_bytes
                 n_elements += info.n_elements
@@ -128,6 +130,40 @@ def quantize_model(
                                         info.n_bytes, spec.n_bytes))
     return Summary(len(specs), n_elements, src_total, dst_total, time.perf_counter() - start,
                    n_fallback, ftype, path)
+
+
+class _WriteBehind:
+    """writer.write_tensor on a background thread, in order, while the next tensor converts (a file
+    write releases the GIL).  At most `depth` tensors wait; a write's error is raised in the caller."""
+
+    def __init__(self, writer: AtomicGGUFWriter, depth: int = 2):
+        self._writer = writer
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="quantize-writer", daemon=True)
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_tensor(data)
+                except BaseException as e:  # handed to the caller
+                    self._error = e
+
+    def __call__(self, data) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def __enter__(self) -> _WriteBehind:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_type is None:
+            raise self._error
 
 
 def _check_requantize(gguf: SourceFile, chosen, allow: bool) -> None:

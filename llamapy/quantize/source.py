@@ -18,6 +18,7 @@ import numpy as np
 from ..gguf.reader import ARRAY, GGUF_MAGIC, MAX_DIMS, STRING, GGUFError, TensorInfo
 from ..quants.types import QUANT_TYPES, type_name
 
+_U64 = struct.Struct("<Q").unpack_from
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
@@ -108,11 +109,11 @@ class SourceFile:
             return pos + count * size
         if count > self.size // 8:
             raise GGUFError(f"{self.path}: corrupt array length {count} in {key}")
-        for _ in range(count):
-            if item == STRING:
-                (n,) = struct.unpack_from("<Q", buf, pos)
-                pos += 8 + n
-            else:
+        if item == STRING:  # the vocabulary: only its end matters, so the tightest loop
+            for _ in range(count):
+                pos += 8 + _U64(buf, pos)[0]  # past the end: struct.error, reported as truncated
+        else:
+            for _ in range(count):
                 pos = self._value(key, ARRAY, pos)
         if pos > self.size:
             raise GGUFError(f"{self.path}: truncated GGUF file (metadata {key})")
