@@ -100,6 +100,7 @@ command("quantize", "quantize:quantize", "Quantize a GGUF model, as llama-quanti
 command("convert", "convert:convert", "Convert a Hugging Face checkpoint folder to GGUF, as llama.cpp's "
         "convert_hf_to_gguf.py.", help="HELP")
 command("imatrix", "imatrix:imatrix", "Importance matrix of a model over a text, as llama-imatrix.")
+command("serve", "serve:serve", "An OpenAI-compatible HTTP server with parallel slots, as llama-server.")
 command("rpc-server", "rpc_server:rpc_server", "A Dask worker holding model layers for --rpc clients, as "
         "llama.cpp's rpc-server.", help="HELP")
 command("rpc-scheduler", "rpc_scheduler:rpc_scheduler", "The Dask scheduler that rpc-server workers join and "
