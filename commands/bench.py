@@ -26,6 +26,8 @@ Gens = _list_option("-n", "--n-gen", help=f"Generation lengths (default: 128). {
 Pairs = _list_option("-pg", help="pp,tg: a prompt then a generation, timed together (repeatable).")
 Batches = _list_option("-b", "--batch-size", help=f"Prompt tokens per pass (default: 2048). {LIST_HELP}")
 Threads = _list_option("-t", "--threads", help=f"Threads (default: all cores). {LIST_HELP}")
+Parallel = _list_option("-np", "--parallel", help="Parallel sequences: llama-batched-bench's aggregate pp/tg t/s "
+                        f"for N sequences at once, -p and -n tokens each. {LIST_HELP}")
 
 
 @user_errors
@@ -45,6 +47,7 @@ def bench(
     roofline: bool = typer.Option(False, "--roofline", help="Measure memory read bandwidth; show tg as a share of it."),
     rpc: Rpc = None,
     tensor_split: TensorSplit = None,
+    parallel: Parallel = None,
 ) -> None:
     import numba
 
@@ -64,6 +67,10 @@ def bench(
     if hf_repo:
         paths.append(str(resolve_hf(hf_repo)))
     _check_models(paths)
+    if parallel:
+        return _batched(paths, _ints("-np", parallel, []), _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]),
+                        _ints("-n", n_gen, [lb.DEFAULT_N_GEN]), batches[0] if n_batch else 512, thread_counts, reps,
+                        not no_warmup, output, (rpc, tensor_split))
     tests = lb.plan(paths, _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]), _ints("-n", n_gen, [lb.DEFAULT_N_GEN]),
                     _pairs(pg), batches, thread_counts)
     if not tests:
@@ -110,6 +117,30 @@ def _run_all(lb, tests, reps, warmup, bandwidth, printer, say, remote=(None, Non
 
         return stage_legend(loaded)
     return ""
+
+
+def _batched(paths, parallels, prompts, gens, n_batch, thread_counts, reps, warmup, output, remote) -> None:
+    """-np: llama-batched-bench's table, one row per -p × -n × -np, for each model and thread count."""
+    from pathlib import Path
+
+    from llamapy.batched_bench import HEADER, batched_bench, table_row
+
+    from ._common import set_threads
+
+    if output != "md":
+        fail("-np prints llama-batched-bench's table: only -o md")
+    if min(parallels) < 1:
+        fail("-np must be at least 1")
+    for path in dict.fromkeys(paths):
+        m = open_model(path, None, *remote)
+        for t in thread_counts:
+            set_threads(t)
+            _emit(f"\nmodel: {Path(path).name}, threads: {t}, n_batch: {n_batch}, repetitions: {reps} (median)\n\n"
+                  + HEADER)
+            for pp in prompts:
+                for tg in gens:
+                    for n in parallels:
+                        _emit(table_row(batched_bench(m, pp, tg, n, n_batch, reps, warmup)))
 
 
 def _bandwidth(thread_counts, say) -> dict[int, float]:

@@ -1,0 +1,26 @@
+"""`llamapy bench -np`: llama-batched-bench's aggregate throughput of N parallel sequences."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import model_path
+
+from llamapy.batched_bench import BatchedResult
+
+
+def test_rows_count_every_sequence():
+    r = BatchedResult(n_prompt=128, n_gen=32, n_parallel=4, t_pp=2.0, t_tg=4.0)
+    assert r.n_kv == 4 * 160 and r.s_pp == 256.0 and r.s_tg == 32.0 and r.s == pytest.approx(640 / 6)
+
+
+def test_bench_np_prints_one_row_per_sequence_count():
+    cmd = [sys.executable, "-m", "llamapy.commands.main", "bench", "-m", str(model_path("smollm2")), "-np", "1,2",
+           "-p", "4", "-n", "2", "-r", "1", "--no-warmup", "-t", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("|") and line[2:7].strip().isdigit()]
+    assert [row.split("|")[3].strip() for row in rows] == ["1", "2"]
+    assert "S_TG t/s" in result.stdout
+    bad = subprocess.run(cmd[:-9] + ["-np", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: -np must be at least 1"
