@@ -86,9 +86,9 @@ def _abs_max(x):
     amax = F0
     mx = F0
     for v in x:
-        if abs(v) > amax:
-            amax = abs(v)
-            mx = v
+        up = abs(v) > amax  # as selects: no branch to mispredict
+        amax = abs(v) if up else amax
+        mx = v if up else mx
     return amax, mx
 
 
@@ -329,26 +329,59 @@ def _pack_q5(L, out, o_qh, o_qs):
         out[o_qh + k] = (qh >> np.uint32(8 * k)) & np.uint32(255)
 
 
+@njit(cache=True, inline="always")
+def _put_q(out, o_qs, o_qh, j, l0, l1, qh, five):
+    """Values j and j+16 of a 32-block into its nibbles (o_qs) and, for the 5-bit types, their
+    fifth bits into qh (written at o_qh by the caller); returns qh."""
+    out[o_qs + j] = (l0 & 15) | ((l1 & 15) << 4)
+    if five:
+        qh |= (np.uint32((l0 >> 4) & 1) << np.uint32(j)) | (np.uint32((l1 >> 4) & 1) << np.uint32(j + 16))
+    return qh
+
+
+@njit(cache=True, inline="always")
+def _put_qh(out, o, qh):
+    for k in range(4):
+        out[o + k] = (qh >> np.uint32(8 * k)) & np.uint32(255)
+
+
 @njit(cache=True)
 def _q_sym32(x, out, qw, size, nmax):
-    """Q4_0 (nmax 8) / Q5_0 (nmax 16) reference rounding, or the weighted search with qw."""
-    L = np.empty(32, np.int32)
-    w = np.empty(32, np.float32)
-    sigma2 = _sum_squares(x) / _f(x.shape[0]) if qw.shape[0] else F0
+    """Q4_0 (nmax 8) / Q5_0 (nmax 16) reference rounding, or the weighted search with qw.  The
+    reference path rounds and packs in one pass, with nothing allocated per row."""
+    if qw.shape[0]:
+        _q_sym32_weighted(x, out, qw, size, nmax)
+        return
+    five = nmax == 16
+    o_qs = 6 if five else 2
+    top = np.int32(2 * nmax - 1)
+    bias = _f(nmax) + np.float32(0.5)
     for b in range(x.shape[0] // 32):
         xb = x[b * 32 : b * 32 + 32]
         o = b * size
-        if qw.shape[0]:
-            _importance(xb, qw[b * 32 : b * 32 + 32], sigma2, w)
-            _put_f16(out, o, make_qx_quants(32, nmax, xb, L, w))
-        else:
-            _, mx = _abs_max(xb)
-            d = mx / _f(-nmax)
-            inv = F1 / d if d != 0 else F0
-            _put_f16(out, o, d)
-            bias = _f(nmax) + np.float32(0.5)
-            for j in range(32):
-                L[j] = min(2 * nmax - 1, int(xb[j] * inv + bias))
+        _, mx = _abs_max(xb)
+        d = mx / _f(-nmax)
+        inv = F1 / d if d != 0 else F0
+        _put_f16(out, o, d)
+        qh = np.uint32(0)
+        for j in range(16):
+            l0 = min(top, np.int32(xb[j] * inv + bias))
+            l1 = min(top, np.int32(xb[j + 16] * inv + bias))
+            qh = _put_q(out, o + o_qs, 0, j, l0, l1, qh, five)
+        if five:
+            _put_qh(out, o + 2, qh)
+
+
+@njit(cache=True)
+def _q_sym32_weighted(x, out, qw, size, nmax):
+    L = np.empty(32, np.int32)
+    w = np.empty(32, np.float32)
+    sigma2 = _sum_squares(x) / _f(x.shape[0])
+    for b in range(x.shape[0] // 32):
+        xb = x[b * 32 : b * 32 + 32]
+        o = b * size
+        _importance(xb, qw[b * 32 : b * 32 + 32], sigma2, w)
+        _put_f16(out, o, make_qx_quants(32, nmax, xb, L, w))
         if nmax == 8:
             _pack_nibbles(L, out, o + 2)
         else:
@@ -357,31 +390,49 @@ def _q_sym32(x, out, qw, size, nmax):
 
 @njit(cache=True)
 def _q_affine32(x, out, qw, size, nmax):
-    """Q4_1 (nmax 15) / Q5_1 (nmax 31): min/max rounding, or the weighted search with qw."""
-    L = np.empty(32, np.int32)
-    Laux = np.empty(32, np.int32)
-    w = np.empty(32, np.float32)
-    sigma2 = _sum_squares(x) / _f(x.shape[0]) if qw.shape[0] else F0
+    """Q4_1 (nmax 15) / Q5_1 (nmax 31): min/max rounding, or the weighted search with qw; the
+    reference path in one pass, as _q_sym32's."""
+    if qw.shape[0]:
+        _q_affine32_weighted(x, out, qw, size, nmax)
+        return
+    five = nmax == 31
+    o_qs = 8 if five else 4
+    top = np.int32(nmax)
+    half = np.float32(0.5)
     for b in range(x.shape[0] // 32):
         xb = x[b * 32 : b * 32 + 32]
         o = b * size
-        if qw.shape[0]:
-            _importance(xb, qw[b * 32 : b * 32 + 32], sigma2, w)
-            d, the_min = make_qkx_quants(32, nmax, xb, w, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
-            _put_f16(out, o, d)
-            _put_f16(out, o + 2, -the_min)
-        else:
-            mn = FLT_MAX
-            mx = -FLT_MAX
-            for v in xb:
-                mn = min(mn, v)
-                mx = max(mx, v)
-            d = (mx - mn) / _f(nmax)
-            inv = F1 / d if d != 0 else F0
-            _put_f16(out, o, d)
-            _put_f16(out, o + 2, mn)
-            for j in range(32):
-                L[j] = min(nmax, int((xb[j] - mn) * inv + np.float32(0.5)))
+        mn = FLT_MAX
+        mx = -FLT_MAX
+        for v in xb:
+            mn = min(mn, v)
+            mx = max(mx, v)
+        d = (mx - mn) / _f(nmax)
+        inv = F1 / d if d != 0 else F0
+        _put_f16(out, o, d)
+        _put_f16(out, o + 2, mn)
+        qh = np.uint32(0)
+        for j in range(16):
+            l0 = min(top, np.int32((xb[j] - mn) * inv + half))
+            l1 = min(top, np.int32((xb[j + 16] - mn) * inv + half))
+            qh = _put_q(out, o + o_qs, 0, j, l0, l1, qh, five)
+        if five:
+            _put_qh(out, o + 4, qh)
+
+
+@njit(cache=True)
+def _q_affine32_weighted(x, out, qw, size, nmax):
+    L = np.empty(32, np.int32)
+    Laux = np.empty(32, np.int32)
+    w = np.empty(32, np.float32)
+    sigma2 = _sum_squares(x) / _f(x.shape[0])
+    for b in range(x.shape[0] // 32):
+        xb = x[b * 32 : b * 32 + 32]
+        o = b * size
+        _importance(xb, qw[b * 32 : b * 32 + 32], sigma2, w)
+        d, the_min = make_qkx_quants(32, nmax, xb, w, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
+        _put_f16(out, o, d)
+        _put_f16(out, o + 2, -the_min)
         if nmax == 15:
             _pack_nibbles(L, out, o + 4)
         else:
