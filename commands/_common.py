@@ -110,8 +110,36 @@ TensorSplit = Annotated[str | None, typer.Option(
     "e.g. 3,1 (default: in proportion to their free memory).")]
 
 
+# The performance parameters (llamapy.options.RunOptions), llama.cpp's names; docs/performance.md.
+ThreadsBatch = Annotated[int | None, typer.Option(
+    "-tb", "--threads-batch", help="Threads for prompt batches (default: as -t).")]
+UBatch = Annotated[int, typer.Option("-ub", "--ubatch-size", help="Most tokens per forward pass (physical batch).")]
+CacheTypeK = Annotated[str, typer.Option("-ctk", "--cache-type-k", help="KV cache type of keys: f16, f32, q8_0, q4_0.")]
+CacheTypeV = Annotated[str, typer.Option("-ctv", "--cache-type-v", help="KV cache type of values: f16, f32, q8_0, "
+                                         "q4_0 (quantized needs -fa on/auto).")]
+FlashAttn = Annotated[str, typer.Option("-fa", "--flash-attn", help="Flash attention: on, off or auto (= on).")]
+Mlock = Annotated[bool, typer.Option("--mlock", help="Keep the weights in RAM (mlock).")]
+NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the model into memory instead of mapping it.")]
+GpuLayers = Annotated[str | None, typer.Option("-ngl", "--n-gpu-layers", "--gpu-layers",
+                                               help="Accepted for llama.cpp command lines; llamapy has no GPU "
+                                               "backend yet.")]
+
+
+def run_options(threads=None, threads_batch=None, ubatch=512, cache_type_k="f16", cache_type_v="f16",
+                flash_attn="auto", mlock=False, no_mmap=False, n_gpu_layers=None):
+    """The RunOptions of a command line (a bad value is a one-line error); -ngl gets its one line."""
+    from llamapy.options import RunOptions
+
+    if n_gpu_layers is not None:
+        print(f"warning: -ngl {n_gpu_layers} ignored: llamapy has no GPU backend yet, every layer runs on the CPU",
+              file=sys.stderr)
+    return RunOptions(threads=threads if threads and threads > 0 else None, threads_batch=threads_batch,
+                      n_ubatch=ubatch, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                      flash_attn=str(flash_attn).lower(), use_mmap=not no_mmap, use_mlock=mlock)
+
+
 def open_model(spec: str | None, hf_repo: str | None = None, rpc: str | None = None,
-               tensor_split: str | None = None):
+               tensor_split: str | None = None, options=None):
     """-m PATH (default model when None) or -hf user/repo[:QUANT].
 
     rpc (--rpc tcp://SCHEDULER:8786): a DistributedModel, the same interface with its layers on that Dask
@@ -122,7 +150,10 @@ def open_model(spec: str | None, hf_repo: str | None = None, rpc: str | None = N
     if rpc is None:
         if tensor_split is not None:
             raise ValueError("-ts/--tensor-split splits layers across --rpc workers; give --rpc too")
-        return Model(path)
+        model = Model(path, options)
+        if model.mlock_error:
+            print(f"warning: {model.mlock_error}", file=sys.stderr)
+        return model
     from llamapy.distributed.client import DistributedModel
     from llamapy.distributed.plan import parse_tensor_split
     from llamapy.distributed.server import quiet_logs

@@ -17,11 +17,20 @@ from typing import Annotated
 import typer
 
 from ._common import (
+    CacheTypeK,
+    CacheTypeV,
     DeferredInterrupt,
+    FlashAttn,
+    GpuLayers,
+    Mlock,
+    NoMmap,
     Rpc,
     TensorSplit,
+    ThreadsBatch,
+    UBatch,
     fail,
     open_model,
+    run_options,
     sampling_options,
     set_threads,
     user_errors,
@@ -241,6 +250,14 @@ def chat(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also the time to the first reply token."),
     rpc: Rpc = None,
     tensor_split: TensorSplit = None,
+    threads_batch: ThreadsBatch = None,
+    ubatch_size: UBatch = 512,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
+    flash_attn: FlashAttn = "auto",
+    mlock: Mlock = False,
+    no_mmap: NoMmap = False,
+    n_gpu_layers: GpuLayers = None,
 ) -> None:
     from llamapy.chat import Chat, read_template_file
 
@@ -251,7 +268,9 @@ def chat(
     if system_file is not None:
         system = _read_text_file(system_file)
     template_text = read_template_file(chat_template_file) if chat_template_file else chat_template
-    m = open_model(model, hf_repo, rpc, tensor_split)
+    m = open_model(model, hf_repo, rpc, tensor_split,
+                   run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock,
+                               no_mmap, n_gpu_layers))
     fmt = m.chat_format(template_text)
     if fmt.chosen_from_tokens:
         say(f"chat: the model has no chat template; using the built-in '{fmt.name}' (chosen from its special tokens)")

@@ -13,7 +13,24 @@ from pathlib import Path
 
 import typer
 
-from ._common import Rpc, TensorSplit, fail, model_path, open_model, set_threads, user_errors
+from ._common import (
+    CacheTypeK,
+    CacheTypeV,
+    FlashAttn,
+    GpuLayers,
+    Mlock,
+    NoMmap,
+    Rpc,
+    TensorSplit,
+    ThreadsBatch,
+    UBatch,
+    fail,
+    model_path,
+    open_model,
+    run_options,
+    set_threads,
+    user_errors,
+)
 
 PASS_TOKENS = 2048  # llama.cpp reports "seconds per pass": one batch of its default -b 2048 tokens
 
@@ -39,6 +56,14 @@ def perplexity(
     hellaswag_tasks: int = typer.Option(400, "--hellaswag-tasks", help="How many HellaSwag tasks to score."),
     rpc: Rpc = None,
     tensor_split: TensorSplit = None,
+    threads_batch: ThreadsBatch = None,
+    ubatch_size: UBatch = 512,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
+    flash_attn: FlashAttn = "auto",
+    mlock: Mlock = False,
+    no_mmap: NoMmap = False,
+    n_gpu_layers: GpuLayers = None,
 ) -> None:
     if output_format not in ("text", "json"):
         fail(f"unknown output format {output_format!r} (-o): use text or json")
@@ -52,7 +77,9 @@ def perplexity(
         model = str(model_path(model, hf_repo))
     set_threads(threads)
     as_json = output_format == "json"
-    load = functools.partial(open_model, model, None, rpc, tensor_split)
+    options = run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock, no_mmap,
+                          n_gpu_layers)
+    load = functools.partial(open_model, model, None, rpc, tensor_split, options)
     if kl_divergence:
         return compare_with_base(load, kl_base, batch_size, chunks, as_json)
     text = read_text(Path(file))

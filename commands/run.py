@@ -8,7 +8,24 @@ from pathlib import Path
 
 import typer
 
-from ._common import Rpc, TensorSplit, fail, open_model, sampling_options, set_threads, user_errors
+from ._common import (
+    CacheTypeK,
+    CacheTypeV,
+    FlashAttn,
+    GpuLayers,
+    Mlock,
+    NoMmap,
+    Rpc,
+    TensorSplit,
+    ThreadsBatch,
+    UBatch,
+    fail,
+    open_model,
+    run_options,
+    sampling_options,
+    set_threads,
+    user_errors,
+)
 
 DEFAULT_CTX = 2048
 
@@ -37,6 +54,14 @@ def run(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Timings on stderr."),
     rpc: Rpc = None,
     tensor_split: TensorSplit = None,
+    threads_batch: ThreadsBatch = None,
+    ubatch_size: UBatch = 512,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
+    flash_attn: FlashAttn = "auto",
+    mlock: Mlock = False,
+    no_mmap: NoMmap = False,
+    n_gpu_layers: GpuLayers = None,
 ) -> None:
     launched = time.perf_counter()
     set_threads(threads)
@@ -48,7 +73,9 @@ def run(
         prompt = sys.stdin.read()
     if ctx_size <= 0:
         fail(f"context size must be positive, got {ctx_size}")
-    m = open_model(model, hf_repo, rpc, tensor_split)
+    m = open_model(model, hf_repo, rpc, tensor_split,
+                   run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock,
+                               no_mmap, n_gpu_layers))
     options = sampling_options(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
     timings = None
     for step in m.generate(prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size, **options):

@@ -6,7 +6,22 @@ import sys
 
 import typer
 
-from ._common import Rpc, TensorSplit, open_model, set_threads, user_errors
+from ._common import (
+    CacheTypeK,
+    CacheTypeV,
+    FlashAttn,
+    GpuLayers,
+    Mlock,
+    NoMmap,
+    Rpc,
+    TensorSplit,
+    ThreadsBatch,
+    UBatch,
+    open_model,
+    run_options,
+    set_threads,
+    user_errors,
+)
 
 
 @user_errors
@@ -18,9 +33,19 @@ def simple(
     threads: int = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
     rpc: Rpc = None,
     tensor_split: TensorSplit = None,
+    threads_batch: ThreadsBatch = None,
+    ubatch_size: UBatch = 512,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
+    flash_attn: FlashAttn = "auto",
+    mlock: Mlock = False,
+    no_mmap: NoMmap = False,
+    n_gpu_layers: GpuLayers = None,
 ) -> None:
     set_threads(threads)
-    m = open_model(model, hf_repo, rpc, tensor_split)
+    m = open_model(model, hf_repo, rpc, tensor_split,
+                   run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock,
+                               no_mmap, n_gpu_layers))
     ids = m.tokenize(prompt)
     out = sys.stdout
     out.write(prompt)

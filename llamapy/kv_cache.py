@@ -81,11 +81,16 @@ class KVCache:
     """
 
     def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int,
-                 first_layer: int = 0, type_k: str = "f16", type_v: str = "f16"):
+                 first_layer: int = 0, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True):
         self.n_ctx = n_ctx
+        # Read by flash attention (online softmax, llama.cpp's -fa on), or by the plain graph (-fa off).
+        self.flash_attn = flash_attn
         # A pipeline stage holds only layers first_layer .. first_layer + n_layer - 1.
         self.first_layer = first_layer
         self.type_k, self.type_v = cache_type(type_k), cache_type(type_v)
+        if self.type_v.block and not flash_attn:
+            raise ValueError(f"a {self.type_v.name} V cache (-ctv) needs flash attention (-fa on or auto), "
+                             "as in llama.cpp")
         self.k = [_Cells(self.type_k, n_ctx, n_head_kv, head_dim) for _ in range(n_layer)]
         self.v = [_Cells(self.type_v, n_ctx, n_head_kv, head_dim_v) for _ in range(n_layer)]
         self.n_past = 0

@@ -14,6 +14,7 @@ from .gguf.split import open_gguf as GGUFFile  # split-aware: a -00001-of-0000N.
 from .kv_cache import KVCache
 from .models import check_architecture
 from .models.blocks import Weights
+from .options import RunOptions
 from .sampling import SamplingParams
 from .session import Session
 from .tokenizer import Tokenizer
@@ -23,9 +24,11 @@ from .validate import ModelFileError, check_tensors, check_tokenizer_metadata
 class Model:
     """A GGUF model ready to run: config, tokenizer and the architecture's forward pass."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, options: RunOptions | None = None):
         self.path = str(path)
-        self.gguf = GGUFFile(path)
+        self.options = options or RunOptions()
+        self.gguf = GGUFFile(path, self.options.use_mmap, self.options.use_mlock)
+        self.mlock_error = self.gguf.mlock_error
         kv = self.gguf.kv
         architecture = check_architecture(kv.get("general.architecture"))
         # Validated in full before anything is sized by the header (validate.py says what is guaranteed).
@@ -40,6 +43,9 @@ class Model:
         except ValueError as e:  # the tokenizer raises ValueError only for metadata it cannot run
             raise ModelFileError(f"{self.path}: {e}") from None
         self.net = architecture(Weights(self.gguf), self.config)
+        self.net.cache_types = (self.options.cache_type_k, self.options.cache_type_v)
+        self.net.flash_attn = self.options.flash
+        self._threads = None
 
     # --- text ---------------------------------------------------------------------------------
 
@@ -57,7 +63,18 @@ class Model:
     def forward(self, ids, cache: KVCache, all_logits: bool = False, logits_from: int | None = None) -> np.ndarray:
         """Extend `cache` with ids; logits float32 [n, n_vocab] of the last token (n = 1), of every
         token (all_logits), or of ids[logits_from:]."""
-        return self.net.forward(np.asarray(ids, dtype=np.int64), cache, all_logits=all_logits, logits_from=logits_from)
+        ids = np.asarray(ids, dtype=np.int64)
+        self._use_threads(self.options.threads_for(len(ids)))
+        return self.net.forward(ids, cache, all_logits=all_logits, logits_from=logits_from)
+
+    def _use_threads(self, n: int | None) -> None:
+        """numba's thread count for the next pass (-t / -tb); untouched when neither was given."""
+        if n is None or n == self._threads:
+            return
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        self._threads = n
 
     def logits(self, ids, n_batch: int = 512) -> np.ndarray:
         """Logits at every position of ids, in a fresh context: [len(ids), n_vocab] float32."""
@@ -105,8 +122,8 @@ class Model:
         return chat_format(self, chat_template).render(messages, add_generation_prompt, tools=tools)
 
 
-def load(path: str | os.PathLike | None = None) -> Model:
+def load(path: str | os.PathLike | None = None, options: RunOptions | None = None) -> Model:
     """Open a GGUF model: a path, or None for the default model (SmolLM2-135M-Instruct)."""
     from .hub import resolve_model
 
-    return Model(resolve_model(path))
+    return Model(resolve_model(path), options)

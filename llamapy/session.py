@@ -90,8 +90,11 @@ class Session:
             self.trim(pos)
         self.cache.check_room(len(self.tokens), len(ids))
         logits = None
-        for i in range(0, len(ids), self.n_batch):
-            chunk = ids[i:i + self.n_batch]
+        # -b is the most tokens per call, -ub the most per forward pass (llama.cpp's batch and ubatch).
+        options = getattr(self.model, "options", None)
+        step = min(self.n_batch, options.n_ubatch) if options is not None else self.n_batch
+        for i in range(0, len(ids), step):
+            chunk = ids[i:i + step]
             # The token list is the truth: an interrupted pass (Ctrl-C) may have moved n_past or not.
             self.cache.n_past = len(self.tokens)
             logits = self.model.forward(chunk, self.cache)

@@ -139,10 +139,24 @@ class _Cursor:
         raise GGUFError(f"{self.path}: unknown metadata value type {vtype} in {what}")
 
 
+def _mlock(buffer, size: int) -> str | None:
+    """Pin the pages of buffer in RAM (mlock(2)); None, or why the system refused."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    address = np.frombuffer(buffer, dtype=np.uint8, count=1).ctypes.data
+    if libc.mlock(ctypes.c_void_p(address), ctypes.c_size_t(size)) == 0:
+        return None
+    err = ctypes.get_errno()
+    return f"mlock of {size / 2**20:.0f} MiB failed: {os.strerror(err)} (see ulimit -l)"
+
+
 class GGUFFile:
     """An open GGUF file: `kv` (metadata), `tensors` (name → TensorInfo), and zero-copy tensor data."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, use_mmap: bool = True, use_mlock: bool = False):
+        """use_mmap=False reads the file into memory (--no-mmap); use_mlock pins its pages (--mlock),
+        leaving `mlock_error` set to the reason where the system refuses."""
         self.path = str(path)
         p = Path(self.path)
         if not p.exists():
@@ -153,8 +167,9 @@ class GGUFFile:
             size = os.fstat(f.fileno()).st_size
             if size < 24:
                 raise GGUFError(f"{self.path}: too small to be a GGUF file ({size} bytes)")
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if use_mmap else f.read()
         self.size = size
+        self.mlock_error = _mlock(self._mmap, size) if use_mlock else None
         self._buf = memoryview(self._mmap)
         self.kv: dict[str, object] = {}
         self.tensors: dict[str, TensorInfo] = {}
@@ -255,7 +270,8 @@ class GGUFFile:
     def close(self) -> None:
         self._buf.release()
         try:
-            self._mmap.close()
+            if isinstance(self._mmap, mmap.mmap):
+                self._mmap.close()
         except BufferError:
             pass  # numpy views of tensors still alive keep the map open until they go
 

@@ -35,31 +35,32 @@ def split_paths(path: str | os.PathLike) -> list[Path] | None:
     return [path.with_name(split_name(match["prefix"], i, count)) for i in range(1, count + 1)]
 
 
-def open_gguf(path: str | os.PathLike):
+def open_gguf(path: str | os.PathLike, use_mmap: bool = True, use_mlock: bool = False):
     """A GGUFFile, or a SplitGGUF when path is a shard of a split model (any shard names them all)."""
     paths = split_paths(path)
     if paths is None:
-        return GGUFFile(path)
-    return SplitGGUF(paths)
+        return GGUFFile(path, use_mmap, use_mlock)
+    return SplitGGUF(paths, use_mmap, use_mlock)
 
 
 class SplitGGUF:
     """Several shards of one model, seen as one GGUF file."""
 
-    def __init__(self, paths: list[str | os.PathLike]):
+    def __init__(self, paths: list[str | os.PathLike], use_mmap: bool = True, use_mlock: bool = False):
         missing = [str(p) for p in paths if not Path(p).exists()]
         if missing:
             raise FileNotFoundError(f"split model is missing {len(missing)} of {len(paths)} shards: {missing[0]}")
         self.shards: list[GGUFFile] = []
         try:
             for p in paths:
-                self.shards.append(GGUFFile(p))
+                self.shards.append(GGUFFile(p, use_mmap, use_mlock))
             self._check()
         except BaseException:
             self.close()
             raise
         first = self.shards[0]
         self.path = first.path
+        self.mlock_error = next((s.mlock_error for s in self.shards if s.mlock_error), None)
         self.kv = {k: v for k, v in first.kv.items() if k not in SPLIT_KEYS}
         self.tensors = {}
         self._owner: dict[str, GGUFFile] = {}

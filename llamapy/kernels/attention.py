@@ -204,3 +204,54 @@ def _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_pr
                 acc[c] = round_f16(acc[c])
         total = fma32(total, rescale, weight)
     return running_max, total
+
+
+def attention_plain(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out):
+    """Attention without flash attention (-fa off), as llama.cpp's graph without it: the scores
+    q·k of every visible key (Q rounded to float16, as ggml's f16 mat-mul takes it), one softmax
+    in float32, then the weights (rounded to float16) times V. Same interface as attention()."""
+    kernel = _plain_parallel if q.shape[0] > 1 else _plain_serial
+    return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out)
+
+
+@njit(cache=True, inline="always")
+def _plain_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out):
+    n, n_head, d = q.shape
+    dv = out.shape[2]
+    kh = (task % n_head) // (n_head // k_cache.shape[1])
+    t, h = task // n_head, task % n_head
+    pos = pos0 + t
+    first = max(0, pos - window + 1) if window > 0 else 0
+    scores = np.empty(pos + 1 - first, np.float32)
+    peak = np.float32(-np.inf)
+    for j in range(first, pos + 1):
+        s = np.float32(0.0)
+        for c in range(d):
+            s += round_f16(q[t, h, c]) * kv_value(k_cache, ks, j, kh, c)
+        scores[j - first] = s * scale
+        peak = max(peak, scores[j - first])
+    total = np.float32(0.0)
+    for i in range(scores.shape[0]):
+        scores[i] = np.float32(np.exp(scores[i] - peak))
+        total += scores[i]
+    inv = np.float32(1.0) / total
+    for c in range(dv):
+        out[t, h, c] = 0.0
+    for j in range(first, pos + 1):
+        w = round_f16(scores[j - first] * inv)
+        for c in range(dv):
+            out[t, h, c] += w * kv_value(v_cache, vs, j, kh, c)
+
+
+@njit(cache=True, parallel=True)
+def _plain_parallel(q, k_cache, ks, v_cache, vs, pos0, window, scale, out):
+    for task in prange(q.shape[0] * q.shape[1]):
+        _plain_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out)
+    return out
+
+
+@njit(cache=True)
+def _plain_serial(q, k_cache, ks, v_cache, vs, pos0, window, scale, out):
+    for task in range(q.shape[0] * q.shape[1]):
+        _plain_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out)
+    return out

@@ -42,6 +42,7 @@ class DecoderModel:
 
     # KV cache storage types of keys and values (-ctk / -ctv): llama.cpp's default, f16.
     cache_types: tuple[str, str] = ("f16", "f16")
+    flash_attn = True  # -fa: our attention kernels are flash attention's; off takes the plain graph
 
     def new_cache(self, n_ctx: int, layers: range | None = None) -> KVCache:
         """A cache of n_ctx positions for every layer, or for a pipeline stage's `layers` only."""
@@ -51,7 +52,7 @@ class DecoderModel:
         check_context_memory(c, n_ctx, n_layer=len(layers),
                              bytes_per_value=(type_k.bytes_per_value() + type_v.bytes_per_value()) / 2)
         return KVCache(len(layers), n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, first_layer=layers.start,
-                       type_k=type_k.name, type_v=type_v.name)
+                       type_k=type_k.name, type_v=type_v.name, flash_attn=self.flash_attn)
 
     def rope(self, n_ctx: int) -> RopeCache:
         if self._rope is None or self._rope.n_ctx < n_ctx:

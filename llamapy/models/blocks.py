@@ -11,7 +11,7 @@ import numpy as np
 
 from ..gguf.reader import GGUFFile
 from ..kernels.activations import geglu, swiglu
-from ..kernels.attention import attention
+from ..kernels.attention import attention, attention_plain
 from ..kernels.norm import rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from ..quants import get_rows, linear
@@ -149,8 +149,12 @@ class AttentionLayer:
         for s in batch.segments:
             s.cache.store(layer, s.pos0, k[s.start:s.stop], v[s.start:s.stop])
             cells = s.cache.view(layer, s.pos0 + s.n)
-            attention(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
-                      out[s.start:s.stop], s.cache.n_ctx)
+            if s.cache.flash_attn:
+                attention(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
+                          out[s.start:s.stop], s.cache.n_ctx)
+            else:
+                attention_plain(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
+                                out[s.start:s.stop])
         return self.wo(out.reshape(n, -1), batch=batch)
 
 
