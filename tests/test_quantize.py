@@ -127,3 +127,63 @@ def test_sigint_mid_way_leaves_no_output(tmp_path):
     proc.wait(timeout=120)
     assert proc.returncode == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def _edge_blocks(n, count, seed):
+    """`count` blocks of n values: ordinary ones at many scales and the corner cases of a search."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((count, n)) * rng.uniform(1e-6, 4.0, (count, 1))).astype(np.float32)
+    x[0] = 0.0  # all zero
+    x[1] = 0.75  # flat, positive
+    x[2] = -0.5  # flat, negative
+    x[3] = 0.0
+    x[3, 5] = 1.0  # one value
+    x[4] = np.abs(x[4])  # all positive: min clamped to 0
+    x[5] = -np.abs(x[5])
+    x[6] *= np.float32(1e-30)  # below GROUP_MAX_EPS
+    x[7] = np.round(x[7] * 2) / 2  # ties
+    x[8, ::2] = 0.0
+    x[9] = rng.integers(-2, 3, n)
+    return x
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lane_searches_equal_the_scalar_searches(weighted):
+    """The K-quant block searches run 16 blocks per vector (_qkx_lanes for Q4_K/Q5_K, _qx_lanes for
+    Q6_K); every lane must give the scalar search's scale, min and L bit for bit, corner cases included."""
+    from llamapy.quantize import _kernels as K
+
+    f32 = np.float32
+    rng = np.random.default_rng(11)
+    for n, count, seed in ((32, 37, 1), (16, 41, 2)):
+        x = _edge_blocks(n, count, seed)
+        nbp = (count + 15) // 16 * 16
+        xt = np.zeros((n, nbp), f32)
+        xt[:, :count] = x.T
+        if weighted:
+            w = (rng.uniform(0, 2, (count, n)) ** 3).astype(f32)
+            w[:, :3] = 0.0
+        else:
+            w = (x * x if n == 16 else np.abs(x) + np.sqrt((x * x).mean(1, keepdims=True))).astype(f32)
+        wt = np.zeros((n, nbp), f32)
+        wt[:, :count] = w.T
+        scale, l_isc = np.empty(nbp, f32), np.empty(nbp, f32)
+        if n == 16:  # Q6_K: make_qx_quants(16, 32, ...)
+            K._qx_lanes(nbp, 16, 32, xt, wt, scale, l_isc, np.empty((6, nbp), f32))
+            for b in range(count):
+                L = np.empty(16, np.int32)
+                s = K.make_qx_quants(16, 32, x[b], L, w[b])
+                assert f32(s).tobytes() == scale[b].tobytes(), b
+                lane_L = np.zeros(16) if l_isc[b] == 0 else 32 + np.clip(np.rint(l_isc[b] * x[b]), -32, 31)
+                assert np.array_equal(lane_L, L), b
+            continue
+        for nmax, rmin, rdelta, nstep in ((15, -1.0, 0.1, 20), (31, -0.5, 0.1, 15), (15, -0.9, 0.05, 36)):
+            the_min, l_mn = np.empty(nbp, f32), np.empty(nbp, f32)
+            K._qkx_lanes(nbp, 32, nmax, xt, wt, f32(rmin), f32(rdelta), nstep, False, scale, the_min, l_isc, l_mn,
+                         np.empty((14, nbp), f32), np.empty((32, nbp), np.int32))
+            for b in range(count):
+                L, Laux = np.empty(32, np.int32), np.empty(32, np.int32)
+                s, m = K.make_qkx_quants(32, nmax, x[b], w[b], L, Laux, f32(rmin), f32(rdelta), nstep, False)
+                assert (f32(s).tobytes(), f32(m).tobytes()) == (scale[b].tobytes(), the_min[b].tobytes()), (nmax, b)
+                lane_L = np.clip(np.rint(l_isc[b] * (x[b] - l_mn[b])), 0, nmax)
+                assert np.array_equal(lane_L, L), (nmax, b)
