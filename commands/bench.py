@@ -26,6 +26,12 @@ Gens = _list_option("-n", "--n-gen", help=f"Generation lengths (default: 128). {
 Pairs = _list_option("-pg", help="pp,tg: a prompt then a generation, timed together (repeatable).")
 Batches = _list_option("-b", "--batch-size", help=f"Prompt tokens per pass (default: 2048). {LIST_HELP}")
 Threads = _list_option("-t", "--threads", help=f"Threads (default: all cores). {LIST_HELP}")
+UBatches = _list_option("-ub", "--ubatch-size", help=f"Most tokens per forward pass (default: 512). {LIST_HELP}")
+ThreadsBatch = _list_option("-tb", "--threads-batch", help=f"Threads for prompt passes (default: as -t). {LIST_HELP}")
+TypesK = _list_option("-ctk", "--cache-type-k", help="KV cache types of keys: f16, f32, q8_0, q4_0 (comma list).")
+TypesV = _list_option("-ctv", "--cache-type-v", help="KV cache types of values (comma list; quantized needs -fa).")
+FlashAttn = _list_option("-fa", "--flash-attn", help="Flash attention: on/1, off/0, auto (comma list).")
+Mmap = _list_option("-mmp", "--mmap", help="Map the model (1, default) or read it into memory (0); comma list.")
 Parallel = _list_option("-np", "--parallel", help="Parallel sequences: llama-batched-bench's aggregate pp/tg t/s "
                         f"for N sequences at once, -p and -n tokens each. {LIST_HELP}")
 
@@ -48,6 +54,14 @@ def bench(
     rpc: Rpc = None,
     tensor_split: TensorSplit = None,
     parallel: Parallel = None,
+    ubatch: UBatches = None,
+    threads_batch: ThreadsBatch = None,
+    cache_type_k: TypesK = None,
+    cache_type_v: TypesV = None,
+    flash_attn: FlashAttn = None,
+    mmap: Mmap = None,
+    n_gpu_layers: str = typer.Option(None, "-ngl", "--n-gpu-layers", help="Accepted for llama-bench command "
+                                     "lines; llamapy has no GPU backend yet."),
 ) -> None:
     import numba
 
@@ -71,14 +85,20 @@ def bench(
         return _batched(paths, _ints("-np", parallel, []), _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]),
                         _ints("-n", n_gen, [lb.DEFAULT_N_GEN]), batches[0] if n_batch else 512, thread_counts, reps,
                         not no_warmup, output, (rpc, tensor_split))
+    if n_gpu_layers is not None:
+        print(f"warning: -ngl {n_gpu_layers} ignored: llamapy has no GPU backend yet, every layer runs on the CPU",
+              file=sys.stderr)
+    sweeps = _sweeps(ubatch, threads_batch, cache_type_k, cache_type_v, flash_attn, mmap,
+                     numba.config.NUMBA_NUM_THREADS)
     tests = lb.plan(paths, _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]), _ints("-n", n_gen, [lb.DEFAULT_N_GEN]),
-                    _pairs(pg), batches, thread_counts)
+                    _pairs(pg), batches, thread_counts, **sweeps)
     if not tests:
-        fail("nothing to measure: every -p, -n and -pg is 0")
+        fail("nothing to measure: every -p, -n and -pg is 0, or every -fa off test has a quantized -ctv")
 
     say = _progress if progress else (lambda _: None)
     bandwidth = _bandwidth(thread_counts, say) if roofline else None
-    printer = lb.make_printer(output, show_batch=batches != [lb.DEFAULT_N_BATCH], roofline=bandwidth)
+    printer = lb.make_printer(output, show_batch=batches != [lb.DEFAULT_N_BATCH], roofline=bandwidth,
+                              swept=lb.swept(tests))
     _emit(printer.header())
     hops: list[dict] = []  # --rpc: per-hop latency of each test, printed after the table
     legend = _run_all(lb, tests, reps, not no_warmup, bandwidth, printer, say, (rpc, tensor_split), hops)
@@ -93,16 +113,19 @@ def bench(
 
 
 def _run_all(lb, tests, reps, warmup, bandwidth, printer, say, remote=(None, None), hops=None) -> str:
-    loaded, info = None, None
+    from llamapy.options import RunOptions
+
+    loaded, info, loaded_mmap = None, None, True
     for i, test in enumerate(tests, 1):
         def step(message, i=i):
             say(f"benchmark {i}/{len(tests)}: {message}")
 
         step("starting")
         # Tests come model by model, so each model is opened once.
-        if loaded is None or loaded.path != test.model:
+        if loaded is None or loaded.path != test.model or loaded_mmap != test.use_mmap:
             loaded = None  # drop the previous model's mapping before opening the next
-            loaded = open_model(test.model, None, *remote)
+            loaded = open_model(test.model, None, *remote, RunOptions(use_mmap=test.use_mmap))
+            loaded_mmap = test.use_mmap
             info = lb.describe(loaded)
         started = lb.now_rfc3339()
         samples = lb.measure(loaded, info, test, reps, warmup=warmup, step=step)
@@ -141,6 +164,42 @@ def _batched(paths, parallels, prompts, gens, n_batch, thread_counts, reps, warm
                 for tg in gens:
                     for n in parallels:
                         _emit(table_row(batched_bench(m, pp, tg, n, n_batch, reps, warmup)))
+
+
+def _sweeps(ubatch, threads_batch, types_k, types_v, flash_attn, mmap, most_threads) -> dict:
+    """The swept performance parameters, checked here so that a bad value fails before measuring."""
+    from llamapy.kv_cache import cache_type
+
+    sweeps = {}
+    if ubatch:
+        sweeps["n_ubatch"] = _ints("-ub", ubatch, [])
+        if min(sweeps["n_ubatch"]) < 1:
+            fail("-ub must be at least 1")
+    if threads_batch:
+        sweeps["n_threads_batch"] = _ints("-tb", threads_batch, [])
+        _check_threads(sweeps["n_threads_batch"], most_threads)
+    for flag, name, values in (("-ctk", "type_k", types_k), ("-ctv", "type_v", types_v)):
+        if values:
+            try:
+                sweeps[name] = [cache_type(v).name for v in _words(values)]
+            except ValueError as e:
+                fail(f"{flag}: {e}")
+    if flash_attn:
+        names = {"1": "on", "0": "off", "on": "on", "off": "off", "auto": "auto", "-1": "auto"}
+        bad = [v for v in _words(flash_attn) if v.lower() not in names]
+        if bad:
+            fail(f"-fa: {bad[0]!r} is not on, off, auto, 1 or 0")
+        sweeps["flash_attn"] = [names[v.lower()] for v in _words(flash_attn)]
+    if mmap:
+        bad = [v for v in _words(mmap) if v not in ("0", "1")]
+        if bad:
+            fail(f"-mmp: {bad[0]!r} is not 0 or 1")
+        sweeps["use_mmap"] = [v == "1" for v in _words(mmap)]
+    return sweeps
+
+
+def _words(values: list[str]) -> list[str]:
+    return [w for v in values for w in v.split(",") if w]
 
 
 def _bandwidth(thread_counts, say) -> dict[int, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import math
 import platform
@@ -25,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import __version__
+from .kv_cache import cache_type
 from .quants.types import FILE_TYPE_NAMES, QUANT_TYPES
 
 DEFAULT_N_PROMPT = 512
@@ -83,6 +85,13 @@ class Test:
     n_gen: int
     n_batch: int
     n_threads: int
+    # The swept performance parameters (SWEEPS), llama-bench's names; defaults as llama.cpp's.
+    n_ubatch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: str = "auto"
+    use_mmap: bool = True
+    n_threads_batch: int | None = None  # -tb: prompt passes (None: as n_threads)
 
     @property
     def name(self) -> str:
@@ -101,15 +110,38 @@ class Test:
         return self.n_prompt == 0
 
 
+SWEEPS = ("use_mmap", "n_ubatch", "type_k", "type_v", "flash_attn", "n_threads_batch")
+SWEEP_DEFAULTS = {name: Test.__dataclass_fields__[name].default for name in SWEEPS}
+
+
 def plan(models: Iterable[str], n_prompt: Iterable[int], n_gen: Iterable[int],
-         pg: Iterable[tuple[int, int]], n_batch: Iterable[int], n_threads: Iterable[int]) -> list[Test]:
-    """Every combination, in llama-bench's order: model, batch, threads, then pp, tg and pp+tg tests.
+         pg: Iterable[tuple[int, int]], n_batch: Iterable[int], n_threads: Iterable[int],
+         **sweeps: Iterable) -> list[Test]:
+    """Every combination, in llama-bench's order: model, mmap, batch, the other parameters, threads,
+    then pp, tg and pp+tg tests. sweeps: lists for the SWEEPS names (missing: the default).
 
     Model outermost means each model is loaded once; zero-length tests are dropped as llama-bench does.
     """
+    unknown = set(sweeps) - set(SWEEPS)
+    if unknown:
+        raise ValueError(f"unknown bench parameter {sorted(unknown)[0]}")
     kinds = ([(p, 0) for p in n_prompt if p > 0] + [(0, g) for g in n_gen if g > 0]
              + [(p, g) for p, g in pg if p or g])
-    return [Test(m, p, g, b, t) for m in models for b in n_batch for t in n_threads for p, g in kinds]
+    lists = [list(sweeps.get(name) or [SWEEP_DEFAULTS[name]]) for name in SWEEPS]
+    tests = []
+    for m in models:
+        for mmap_ in lists[0]:
+            for b in n_batch:
+                for ub, tk, tv, fa, tb in itertools.product(*lists[1:]):
+                    if fa == "off" and cache_type(tv).block:
+                        continue  # a quantized V cache needs flash attention, as in llama.cpp
+                    tests += [Test(m, p, g, b, t, ub, tk, tv, fa, mmap_, tb) for t in n_threads for p, g in kinds]
+    return tests
+
+
+def swept(tests: list[Test]) -> list[str]:
+    """The SWEEPS whose value is not the default in some test: the columns a table shows."""
+    return [name for name in SWEEPS if any(getattr(t, name) != SWEEP_DEFAULTS[name] for t in tests)]
 
 
 # --- the model's description -------------------------------------------------------------------------
@@ -196,7 +228,8 @@ def _first_token(info: ModelInfo, rng: np.random.Generator) -> int:
 
 
 def run_prompt(model, cache, info: ModelInfo, n_prompt: int, n_batch: int, rng: np.random.Generator) -> None:
-    """n_prompt random tokens (BOS first where the model adds one) in forward passes of n_batch."""
+    """n_prompt random tokens (BOS first where the model adds one) in forward passes of n_batch
+    (the caller passes min(-b, -ub): the most tokens one pass takes)."""
     for start in range(0, n_prompt, n_batch):
         ids = rng.integers(info.n_vocab, size=min(n_batch, n_prompt - start), dtype=np.int64)
         if start == 0:
@@ -216,7 +249,8 @@ def _warm_up(model, cache, info: ModelInfo, test: Test, rng, step) -> None:
     """llama-bench's warm-up: the whole prompt, and one generated token (after it, if both)."""
     if test.n_prompt:
         step("warmup prompt run")
-        run_prompt(model, cache, info, test.n_prompt, test.n_batch, rng)
+        with threads(test.n_threads_batch or test.n_threads):
+            run_prompt(model, cache, info, test.n_prompt, min(test.n_batch, test.n_ubatch), rng)
     if test.n_gen:
         step("warmup generation run")
         run_generation(model, cache, info, 1, rng)
@@ -227,7 +261,8 @@ def _timed_run(model, cache, info: ModelInfo, test: Test, rng, step, rep: int, r
     start = time.perf_counter_ns()
     if test.n_prompt:
         step(f"prompt run {rep}/{reps}")
-        run_prompt(model, cache, info, test.n_prompt, test.n_batch, rng)
+        with threads(test.n_threads_batch or test.n_threads):
+            run_prompt(model, cache, info, test.n_prompt, min(test.n_batch, test.n_ubatch), rng)
     if test.n_gen:
         step(f"generation run {rep}/{reps}")
         run_generation(model, cache, info, test.n_gen, rng)
@@ -239,6 +274,9 @@ def measure(model, info: ModelInfo, test: Test, reps: int, warmup: bool = True,
     """Nanoseconds of each of `reps` timed runs of `test`, each from an empty cache."""
     step = step or (lambda _: None)
     rng = np.random.default_rng(seed)
+    net = getattr(model, "net", None)  # a distributed model's caches live on its workers
+    if net is not None:
+        net.cache_types, net.flash_attn = (test.type_k, test.type_v), test.flash_attn != "off"
     cache = model.new_cache(test.n_tokens)
     with threads(test.n_threads):
         if warmup:
@@ -365,9 +403,9 @@ FIELDS = (
 EXTRA_FIELDS = ("weight_bytes_per_token", "avg_gbs", "roofline_gbs", "roofline_pct")
 _FIXED = {
     "build_number": 0, "gpu_info": "", "backends": "CPU", "cpu_mask": "0x0", "cpu_strict": False,
-    "poll": 50, "type_k": "f32", "type_v": "f32", "n_gpu_layers": 0, "n_cpu_moe": 0,
-    "split_mode": "layer", "main_gpu": 0, "no_kv_offload": False, "flash_attn": 0, "devices": "auto",
-    "tensor_split": "0.00", "tensor_buft_overrides": "none", "load_mode": "mmap", "lazy_mode": "auto",
+    "poll": 50, "n_gpu_layers": 0, "n_cpu_moe": 0,
+    "split_mode": "layer", "main_gpu": 0, "no_kv_offload": False, "devices": "auto",
+    "tensor_split": "0.00", "tensor_buft_overrides": "none", "lazy_mode": "auto",
     "embeddings": False, "no_op_offload": 0, "no_host": False, "repack": False, "fit_target": 0,
     "fit_min_ctx": 0, "n_depth": 0,
 }
@@ -379,7 +417,9 @@ def record(r: Result) -> dict:
     rec.update(
         build_commit=f"llamapy-{__version__}", cpu_info=cpu_info(), model_filename=r.model.filename,
         model_type=r.model.model_type, model_size=r.model.size, model_n_params=r.model.n_params,
-        n_batch=r.test.n_batch, n_ubatch=r.test.n_batch, n_threads=r.test.n_threads,
+        n_batch=r.test.n_batch, n_ubatch=r.test.n_ubatch, n_threads=r.test.n_threads,
+        type_k=r.test.type_k, type_v=r.test.type_v, flash_attn={"on": 1, "off": 0}.get(r.test.flash_attn, -1),
+        load_mode="mmap" if r.test.use_mmap else "none",
         n_prompt=r.test.n_prompt, n_gen=r.test.n_gen, test_time=r.test_time, avg_ns=r.avg_ns,
         stddev_ns=r.stddev_ns, avg_ts=r.avg_ts, stddev_ts=r.stddev_ts,
     )
@@ -460,11 +500,12 @@ def _csv_value(value) -> str:
 class MarkdownPrinter(Printer):
     """llama-bench's table (same columns, widths and alignment), plus GB/s and optionally roofline."""
 
-    def __init__(self, show_batch: bool = False, roofline: dict[int, float] | None = None):
+    def __init__(self, show_batch: bool = False, roofline: dict[int, float] | None = None, swept=()):
         # (title, width): negative widths are left-aligned, as in llama-bench
         self.columns = [("model", -30), ("size", 10), ("params", 10), ("backend", -10), ("threads", 7)]
         if show_batch:
             self.columns.append(("n_batch", 7))
+        self.columns += [_SWEPT_COLUMNS[name] for name in swept]
         self.columns += [("test", 15), ("t/s", 20), ("GB/s", 8)]
         if roofline:
             self.columns.append(("roofline", 8))
@@ -488,6 +529,12 @@ class MarkdownPrinter(Printer):
         return "\n".join(lines) + "\n"
 
 
+# llama-bench's column titles and widths for the swept parameters.
+_SWEPT_COLUMNS = {"n_threads_batch": ("n_threads_batch", 15), "n_ubatch": ("n_ubatch", 8),
+                  "type_k": ("type_k", -6), "type_v": ("type_v", -6), "flash_attn": ("fa", 4),
+                  "use_mmap": ("mmap", 4)}
+
+
 def _pad(text: str, width: int) -> str:
     return text.ljust(-width) if width < 0 else text.rjust(width)
 
@@ -501,6 +548,12 @@ def _markdown_cells(r: Result) -> dict[str, str]:
         "backend": "CPU",
         "threads": str(r.test.n_threads),
         "n_batch": str(r.test.n_batch),
+        "n_threads_batch": str(r.test.n_threads_batch or r.test.n_threads),
+        "n_ubatch": str(r.test.n_ubatch),
+        "type_k": r.test.type_k,
+        "type_v": r.test.type_v,
+        "fa": r.test.flash_attn,
+        "mmap": str(int(r.test.use_mmap)),
         "test": r.test.name,
         "t/s": f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}",
         "GB/s": f"{r.gbs:.2f}" if r.gbs is not None else "",
@@ -508,9 +561,10 @@ def _markdown_cells(r: Result) -> dict[str, str]:
     }
 
 
-def make_printer(fmt: str, show_batch: bool = False, roofline: dict[int, float] | None = None) -> Printer:
+def make_printer(fmt: str, show_batch: bool = False, roofline: dict[int, float] | None = None,
+                 swept=()) -> Printer:
     if fmt == "md":
-        return MarkdownPrinter(show_batch, roofline)
+        return MarkdownPrinter(show_batch, roofline, swept)
     printers = {"csv": CsvPrinter, "json": JsonPrinter, "jsonl": JsonlPrinter}
     if fmt not in printers:
         raise ValueError(f"unknown output format {fmt!r} (one of: {', '.join(FORMATS)})")
