@@ -151,16 +151,18 @@ def open_model(spec: str | None, hf_repo: str | None = None, rpc: str | None = N
         if tensor_split is not None:
             raise ValueError("-ts/--tensor-split splits layers across --rpc workers; give --rpc too")
         model = Model(path, options)
-        if model.mlock_error:
-            print(f"warning: {model.mlock_error}", file=sys.stderr)
-        return model
-    from llamapy.distributed.client import DistributedModel
-    from llamapy.distributed.plan import parse_tensor_split
-    from llamapy.distributed.server import quiet_logs
+    else:
+        from llamapy.distributed.client import DistributedModel
+        from llamapy.distributed.plan import parse_tensor_split
+        from llamapy.distributed.server import quiet_logs
 
-    split = parse_tensor_split(tensor_split)
-    quiet_logs()  # the client's errors reach the user as one line, not as Dask's log records
-    return DistributedModel(path, rpc, split)
+        split = parse_tensor_split(tensor_split)
+        quiet_logs()  # the client's errors reach the user as one line, not as Dask's log records
+        # options: -t/-tb for this host's part (embeddings, head); -ctk/-ctv/-fa for every worker's too
+        model = DistributedModel(path, rpc, split, options)
+    if model.mlock_error:
+        print(f"warning: {model.mlock_error}", file=sys.stderr)
+    return model
 
 
 def model_path(spec: str | None, hf_repo: str | None = None):

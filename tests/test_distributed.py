@@ -24,6 +24,8 @@ from llamapy.distributed.files import file_sha256, find_copy, model_ref
 from llamapy.distributed.plan import WorkerInfo, layer_split, parse_tensor_split, plan
 from llamapy.distributed.report import hop_table, stage_legend, take_hop_rows
 from llamapy.distributed.stage import stage_from_file, stage_from_tensors, stage_tensor_names
+from llamapy.model import Model
+from llamapy.options import RunOptions
 
 LLAMAPY = [sys.executable, "-m", "llamapy.commands.main"]
 PROMPT = "The capital of France is"
@@ -219,6 +221,15 @@ def test_hop_timings_are_recorded(dmodel):
     table = hop_table(rows, stage_legend(dmodel))
     assert "w1 = tcp://127.0.0.1:" in table and "| t " in table
     assert take_hop_rows(dmodel, "t") == []  # taken: reset
+
+
+def test_kv_cache_types_reach_the_workers(cluster, local):
+    q8 = RunOptions(cache_type_k="q8_0", cache_type_v="q8_0")
+    ids = local.tokenize(PROMPT)
+    with DistributedModel(model_path("smollm2"), cluster.scheduler, [1, 1], q8) as m:
+        remote = m.logits(ids)
+    assert np.array_equal(remote, Model(model_path("smollm2"), q8).logits(ids))
+    assert not np.array_equal(remote, local.logits(ids))  # the setting did change the arithmetic
 
 
 def test_another_kernel_build_is_refused_at_handshake(cluster, monkeypatch):

@@ -18,6 +18,7 @@ in its own thread and only moves messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import time
@@ -160,7 +161,7 @@ class DistributedModel(Model):
     tensor_split: one ratio per worker in address order (-ts); None splits by the workers' free memory.
     """
 
-    def __init__(self, path, scheduler: str, tensor_split: list[float] | None = None,
+    def __init__(self, path, scheduler: str, tensor_split: list[float] | None = None, options=None,
                  connect_timeout: float = CONNECT_TIMEOUT, start_timeout: float = START_TIMEOUT):
         self.scheduler = scheduler_address(scheduler)
         self.tensor_split = tensor_split
@@ -172,7 +173,7 @@ class DistributedModel(Model):
         self._seq = itertools.count(1)
         self.client = _connect(self.scheduler, connect_timeout)
         try:
-            super().__init__(path)
+            super().__init__(path, options)
             self.ref: ModelRef = model_ref(self.path)
             self._plan()
         except BaseException:
@@ -265,8 +266,8 @@ class DistributedModel(Model):
 
     def _load_stages(self) -> None:
         ours = identity()
-        answers = self._ask_each(self.stages, "open", lambda h: (ours, self.ref, (h.stage.layers.start,
-                                                                                 h.stage.layers.stop)))
+        layers = {h.address: (h.stage.layers.start, h.stage.layers.stop) for h in self.stages}
+        answers = self._ask_each(self.stages, "open", lambda h: (ours, self.ref, layers[h.address], self._engine()))
         for h, answer in zip(self.stages, answers, strict=True):
             if answer["source"] == "wire":
                 answer = self._send_layers(h)
@@ -283,7 +284,13 @@ class DistributedModel(Model):
             part = {n: self.gguf.raw(n) for n in group}
             self._ask_each([h], "receive", lambda h, part=part: (part,))
         layers = (h.stage.layers.start, h.stage.layers.stop)
-        return self._ask_each([h], "build", lambda h: (self.ref.name, self.config, dict(tensors), layers))[0]
+        return self._ask_each([h], "build", lambda h: (self.ref.name, self.config, dict(tensors), layers,
+                                                       self._engine()))[0]
+
+    def _engine(self) -> dict:
+        """What the stages must share with this host to compute the same numbers (-ctk/-ctv, -fa)."""
+        return {"cache_types": tuple(getattr(self.net, "cache_types", ("f16", "f16"))),
+                "flash_attn": bool(getattr(self.net, "flash_attn", True))}
 
     def _ask_each(self, handles: list[StageHandle], function: str, args=lambda h: ()) -> list:
         """function(*args(h)) on every shard at once, waiting for all (setup calls, not the forward pass)."""
@@ -359,12 +366,13 @@ class DistributedModel(Model):
         pos = cache.n_past
         cache.check_room(pos, len(ids))
         self._ensure_plan()
-        self._restore(cache, pos)
-        keep = None if all_logits else (len(ids) - 1 if logits_from is None else logits_from)
-        x = self._pass(self.net.embed(ids), cache, pos, keep)
-        cache.tokens[pos:pos + len(ids)] = ids
-        cache.n_past = cache.valid = pos + len(ids)
-        return self.net.head(x)
+        with _threads(self.options.threads_for(len(ids))):  # -t/-tb: this host's part, embeddings and head
+            self._restore(cache, pos)
+            keep = None if all_logits else (len(ids) - 1 if logits_from is None else logits_from)
+            x = self._pass(self.net.embed(ids), cache, pos, keep)
+            cache.tokens[pos:pos + len(ids)] = ids
+            cache.n_past = cache.valid = pos + len(ids)
+            return self.net.head(x)
 
     def _restore(self, cache: DistributedCache, pos: int) -> None:
         """Make the current plan's workers hold the cache's first pos tokens (after a re-plan)."""
@@ -470,6 +478,22 @@ class DistributedModel(Model):
 
     def hop_summary(self) -> list[dict]:
         return self.hops.summary(self.stage_names())
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """numba's thread count for the block (None: unchanged), restored after."""
+    if not n:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _connect(address: str, timeout: float):

@@ -69,7 +69,7 @@ class Shard:
                 "free_memory": int(mem) if mem else available_memory(),
                 "local_files": SERVER_OPTIONS["local_files"]}
 
-    def open(self, theirs: dict, ref, layers: tuple[int, int]) -> dict:
+    def open(self, theirs: dict, ref, layers: tuple[int, int], engine: dict) -> dict:
         """Load layers [a, b) from this host's copy of ref; {"source": "wire"} when there is none."""
         self._threads()
         refusal = mismatch("on the main host", theirs, identity())
@@ -81,6 +81,7 @@ class Shard:
         if path is None:
             return {"source": "wire"}
         self.stage = stage_from_file(str(path), range(*layers))
+        self.stage.configure(engine)
         self._warm_up()
         return {"source": self.stage.source}
 
@@ -89,10 +90,11 @@ class Shard:
         self._received.update(tensors)
         return len(self._received)
 
-    def build(self, name: str, config, tensors: dict, layers: tuple[int, int]) -> dict:
+    def build(self, name: str, config, tensors: dict, layers: tuple[int, int], engine: dict) -> dict:
         """The stage from the tensors received."""
         self._threads()
         self.stage = stage_from_tensors(name, config, tensors, self._received, range(*layers))
+        self.stage.configure(engine)
         self._received = {}
         self._warm_up()
         return {"source": self.stage.source}

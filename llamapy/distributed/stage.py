@@ -82,6 +82,13 @@ class Stage:
         self.source = source  # "file PATH" or "received"
         self.config: ModelConfig = net.config
 
+    def configure(self, engine: dict) -> None:
+        """The main host's settings that change the arithmetic: KV cache types (-ctk/-ctv), -fa."""
+        if "cache_types" in engine:
+            self.net.cache_types = tuple(engine["cache_types"])
+        if "flash_attn" in engine:
+            self.net.flash_attn = bool(engine["flash_attn"])
+
     def new_cache(self, n_ctx: int) -> KVCache:
         return self.net.new_cache(n_ctx, layers=self.layers)
 
