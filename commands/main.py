@@ -7,6 +7,8 @@ registered here. Add a subcommand with one `command(...)` line.
 
 from __future__ import annotations
 
+import atexit
+import gc
 from importlib import import_module
 
 import typer
@@ -14,16 +16,29 @@ from typer.core import TyperCommand, TyperGroup
 
 from llamapy import __version__
 
-# name -> (target "module:function" in llamapy.commands, summary, help attribute, epilog attribute)
-_COMMANDS: dict[str, tuple[str, str, str | None, str | None]] = {}
+# name -> (target "module:function" in llamapy.commands, summary, help attribute, epilog attribute, one_shot)
+_COMMANDS: dict[str, tuple[str, str, str | None, str | None, bool]] = {}
 
 
-def command(name: str, target: str, summary: str, help: str | None = None, epilog: str | None = None) -> None:
+def command(name: str, target: str, summary: str, help: str | None = None, epilog: str | None = None,
+            one_shot: bool = False) -> None:
     """Register `llamapy NAME`, run by TARGET ("module:function", a Typer-style function in llamapy.commands).
 
     SUMMARY is what `llamapy --help` lists, and `llamapy NAME --help` shows unless HELP names an attribute
-    of the module holding a longer text; EPILOG likewise names an attribute shown after the options."""
-    _COMMANDS[name] = (target, summary, help, epilog)
+    of the module holding a longer text; EPILOG likewise names an attribute shown after the options.
+    ONE_SHOT: a batch job that ends the process (quantize): see _one_shot."""
+    _COMMANDS[name] = (target, summary, help, epilog, one_shot)
+
+
+def _one_shot() -> None:
+    """No cyclic garbage collection for the rest of this process, and none at its exit.
+
+    Importing numba and loading its first kernel create some 10^5 long-lived objects (types, typing
+    templates, registries); the collector walks them all again and again while they are made (0.1-0.3 s
+    of collections) and once more as the interpreter shuts down (another 0.3-0.5 s), more than a Q8_0
+    quantization of SmolLM2 takes.  A batch job's few cycles can wait for the exit."""
+    gc.disable()
+    atexit.register(gc.freeze)  # atexit runs before the shutdown's collections, which then skip it all
 
 
 class _LazyCommand(TyperCommand):
@@ -35,7 +50,9 @@ class _LazyCommand(TyperCommand):
 
     def real(self) -> TyperCommand:
         if self._real is None:
-            target, summary, help_attr, epilog_attr = _COMMANDS[self.name]
+            target, summary, help_attr, epilog_attr, one_shot = _COMMANDS[self.name]
+            if one_shot:
+                _one_shot()  # before the import: that is where numba's objects are made
             module_name, function = target.split(":")
             module = import_module(f"{__package__}.{module_name}")
             sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -96,7 +113,7 @@ command("bench", "bench:bench", "Prompt and generation speed, as llama-bench.")
 command("perplexity", "perplexity:perplexity", "Perplexity and KL-divergence of a model on a text, as "
         "llama-perplexity.")
 command("quantize", "quantize:quantize", "Quantize a GGUF model, as llama-quantize: IN.gguf [OUT.gguf] TYPE [THREADS].",
-        help="HELP", epilog="TYPES_HELP")
+        help="HELP", epilog="TYPES_HELP", one_shot=True)
 command("convert", "convert:convert", "Convert a Hugging Face checkpoint folder to GGUF, as llama.cpp's "
         "convert_hf_to_gguf.py.", help="HELP")
 command("imatrix", "imatrix:imatrix", "Importance matrix of a model over a text, as llama-imatrix.")
