@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from llamapy.distributed.errors import DistributedError
+
 from ._common import (
     CacheTypeK,
     CacheTypeV,
@@ -113,6 +115,13 @@ class ChatLoop:
                         break
         except KeyboardInterrupt:
             finish = "interrupted"
+        except DistributedError as e:  # --rpc: a worker was lost; the next message re-plans onto the rest
+            if not self.interactive:
+                raise
+            self.chat.messages = turn.messages[:-1]  # as before the message: send it again to retry
+            out.write("\n")
+            say(f"error: {e}")
+            return
         out.write("\n")
         out.flush()
         self.report(finish)
