@@ -326,11 +326,11 @@ class Server:
         try:
             await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not result.done():
+            gone.cancel()
+            if not result.done():  # the client went away (or the server is stopping): free the slot
                 self.cancel(job)
                 result.cancel()
-            gone.cancel()
-        if result.cancelled():
+        if not result.done():
             return Response(status_code=499)  # nobody is listening
         text, event = result.result()
         if event.error is not None:
