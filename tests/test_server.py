@@ -88,7 +88,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server():
     cmd = [sys.executable, "-m", "llamapy.commands.main", "serve", "-m", str(model_path("smollm2")), "--port", "0",
-           "-np", str(N_PARALLEL), "-c", str(N_CTX), "--api-key", KEY, "-t", "2"]
+           "-np", str(N_PARALLEL), "-c", str(N_CTX), "--api-key", KEY, "-t", "1"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         line = proc.stderr.readline()
@@ -162,7 +162,7 @@ PROMPTS = ["Name a color.", "What is 2 + 2?", "Say hello in French.", "Name a fr
            "Count to five.", "Name an ocean.", "Give me a word that rhymes with cat."]
 
 
-def _stream_chat(server, content, max_tokens, out, i, close_after=None):
+def _stream_chat(server, content, max_tokens, out, i, close_after=None, on_close=None):
     """One streaming request over raw HTTP: the content of each chunk, the finish and the usage."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
     body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0,
@@ -186,6 +186,8 @@ def _stream_chat(server, content, max_tokens, out, i, close_after=None):
                 pieces.append(choice["delta"]["content"])
             finish = choice["finish_reason"] or finish
         if close_after is not None and len(pieces) >= close_after:
+            if on_close is not None:
+                on_close()
             break
     conn.close()  # before [DONE]: the client has gone away
     out[i] = {"pieces": pieces, "finish": finish, "usage": usage, "done": done}
@@ -217,14 +219,37 @@ def test_concurrent_greedy_streams_equal_each_request_alone(server):
 def test_cancelled_stream_frees_its_slot(server):
     cancelled = server.metric("requests_cancelled_total")
     out = [None]
-    _stream_chat(server, "Tell me a very long story about dragons.", 400, out, 0, close_after=2)
+    seen = {}
+
+    def while_streaming():  # HTTP answers while the engine generates; the slot shows the job
+        seen["health"] = server.get("/health", key=None)[0]
+        seen["slots"] = server.get("/slots")[1]
+
+    _stream_chat(server, "Tell me a very long story about dragons.", 400, out, 0, close_after=2,
+                 on_close=while_streaming)
     assert not out[0]["done"] and len(out[0]["pieces"]) >= 2
+    assert seen["health"] == 200
+    busy = [s for s in seen["slots"] if s["is_processing"]]
+    assert len(busy) == 1 and busy[0]["state"] == "generating" and busy[0]["n_decoded"] >= 2
     slots = server.idle()
     assert all(not s["is_processing"] for s in slots)
     assert server.metric("requests_cancelled_total") == cancelled + 1
     # The slot stopped long before 400 tokens: its cache holds the prompt and a few tokens only.
     assert max(s["n_past"] for s in slots) < 300
     assert server.chat("Name a color.", max_tokens=4)["usage"]["completion_tokens"] >= 1
+
+
+def test_client_gone_before_a_whole_reply_frees_its_slot(server):
+    cancelled = server.metric("requests_cancelled_total")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    body = {"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json", "X-Api-Key": KEY})
+    end = time.monotonic() + 60
+    while not any(s["is_processing"] for s in server.get("/slots")[1]) and time.monotonic() < end:
+        time.sleep(0.02)
+    conn.close()  # a non-streaming client that stops waiting
+    assert all(not s["is_processing"] for s in server.idle())
+    assert server.metric("requests_cancelled_total") == cancelled + 1
 
 
 # --- prefix reuse -----------------------------------------------------------------------------------
@@ -489,7 +514,7 @@ def test_chat_page_streams_a_reply_in_headless_chromium(server, tmp_path):
     exe = _chromium()
     if exe is None:
         pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
-    question, follow_up = "What is the capital of France?", "And of Germany?"
+    question, follow_up = "What is the capital of Germany?", "And of Italy?"
     browser = Browser(exe, tempfile.mkdtemp(dir=tmp_path))
     try:
         browser.open(server.url + "/")
