@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 
+import numba
 import numpy as np
 
 from .chat.format import ChatFormat, chat_format
@@ -17,6 +19,7 @@ from .models.blocks import Weights
 from .options import RunOptions
 from .sampling import SamplingParams
 from .session import Session
+from .threads import ThreadGovernor
 from .tokenizer import Tokenizer
 from .validate import ModelFileError, check_tensors, check_tokenizer_metadata
 
@@ -45,7 +48,7 @@ class Model:
         self.net = architecture(Weights(self.gguf), self.config)
         self.net.cache_types = (self.options.cache_type_k, self.options.cache_type_v)
         self.net.flash_attn = self.options.flash
-        self._threads = None
+        self._governors: dict[int, ThreadGovernor] = {}  # one per requested thread count
 
     # --- text ---------------------------------------------------------------------------------
 
@@ -64,17 +67,21 @@ class Model:
         """Extend `cache` with ids; logits float32 [n, n_vocab] of the last token (n = 1), of every
         token (all_logits), or of ids[logits_from:]."""
         ids = np.asarray(ids, dtype=np.int64)
-        self._use_threads(self.options.threads_for(len(ids)))
-        return self.net.forward(ids, cache, all_logits=all_logits, logits_from=logits_from)
-
-    def _use_threads(self, n: int | None) -> None:
-        """numba's thread count for the next pass (-t / -tb); untouched when neither was given."""
-        if n is None or n == self._threads:
-            return
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        self._threads = n
+        requested = min(self.options.threads_for(len(ids)) or numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        governor = None
+        if len(ids) == 1 and self.options.adaptive_threads and requested > 1:
+            governor = self._governors.setdefault(requested, ThreadGovernor(requested))
+        n = governor.choose() if governor else requested
+        before = numba.get_num_threads()
+        numba.set_num_threads(n)
+        try:
+            start = time.perf_counter()
+            logits = self.net.forward(ids, cache, all_logits=all_logits, logits_from=logits_from)
+            if governor:
+                governor.record(n, time.perf_counter() - start)
+        finally:
+            numba.set_num_threads(before)
+        return logits
 
     def logits(self, ids, n_batch: int = 512) -> np.ndarray:
         """Logits at every position of ids, in a fresh context: [len(ids), n_vocab] float32."""

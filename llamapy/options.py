@@ -23,6 +23,9 @@ class RunOptions:
     flash_attn: str = "auto"  # -fa on|off|auto (auto: on, as our kernels are flash attention's)
     use_mmap: bool = True  # --no-mmap reads the file into memory instead
     use_mlock: bool = False  # --mlock pins the weights in RAM
+    # Generation measures N threads against one and keeps the faster (threads.py): load on a core
+    # must not make -t N slower than -t 1. Off: always -t (--no-adaptive-threads).
+    adaptive_threads: bool = True
 
     def __post_init__(self):
         for name in ("threads", "threads_batch"):
