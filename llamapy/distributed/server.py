@@ -138,8 +138,9 @@ async def run_worker(scheduler: str, host: str, port: int = 0, nthreads: int | N
     SERVER_OPTIONS.update(mem=mem, nthreads=nthreads, model_dirs=list(model_dirs), local_files=local_files)
     with tempfile.TemporaryDirectory(prefix="llamapy-rpc-") as workdir:
         with _http_routes(dashboard):
+            # memory_limit=0: no Dask memory manager, which would pause a worker whose layers fill its RAM
             worker = Worker(scheduler, host=host, port=port, nthreads=1, name=name, resources={"llamapy": 1},
-                            death_timeout=connect_timeout, local_directory=workdir, **options)
+                            death_timeout=connect_timeout, local_directory=workdir, memory_limit=0, **options)
         try:
             await worker
         except Exception as e:
