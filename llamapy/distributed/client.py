@@ -366,13 +366,36 @@ class DistributedModel(Model):
         pos = cache.n_past
         cache.check_room(pos, len(ids))
         self._ensure_plan()
-        with _threads(self.options.threads_for(len(ids))):  # -t/-tb: this host's part, embeddings and head
+        n, governor = self._main_threads(len(ids))
+        with _threads(n):  # -t/-tb: this host's part, the embeddings and the head
             self._restore(cache, pos)
             keep = None if all_logits else (len(ids) - 1 if logits_from is None else logits_from)
-            x = self._pass(self.net.embed(ids), cache, pos, keep)
+            start = time.perf_counter()
+            x = self.net.embed(ids)
+            here = time.perf_counter() - start
+            x = self._pass(x, cache, pos, keep)
             cache.tokens[pos:pos + len(ids)] = ids
             cache.n_past = cache.valid = pos + len(ids)
-            return self.net.head(x)
+            start = time.perf_counter()
+            logits = self.net.head(x)
+            here += time.perf_counter() - start
+        if governor is not None:
+            governor.record(n, here)
+        return logits
+
+    def _main_threads(self, n_tokens: int):
+        """This host's thread count for a pass, and the governor judging it (single tokens, as Model does:
+        under load one thread can beat several; llamapy/threads.py); only this host's work is timed."""
+        import numba
+
+        from ..threads import ThreadGovernor
+
+        requested = self.options.threads_for(n_tokens) or numba.get_num_threads()
+        requested = min(requested, numba.config.NUMBA_NUM_THREADS)
+        if n_tokens != 1 or requested <= 1 or not getattr(self.options, "adaptive_threads", False):
+            return requested, None
+        governor = self._governors.setdefault(requested, ThreadGovernor(requested))
+        return governor.choose(), governor
 
     def _restore(self, cache: DistributedCache, pos: int) -> None:
         """Make the current plan's workers hold the cache's first pos tokens (after a re-plan)."""
@@ -481,11 +504,8 @@ class DistributedModel(Model):
 
 
 @contextlib.contextmanager
-def _threads(n: int | None):
-    """numba's thread count for the block (None: unchanged), restored after."""
-    if not n:
-        yield
-        return
+def _threads(n: int):
+    """numba's thread count for the block, restored after."""
     import numba
 
     before = numba.get_num_threads()

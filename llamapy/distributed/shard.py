@@ -59,6 +59,7 @@ class Shard:
         self._received: dict[str, np.ndarray] = {}
         self._results: dict[int, object] = {}  # seq -> result or Failure, touched on the event loop only
         self._waiting: dict[int, asyncio.Future] = {}
+        self._governors: dict[int, object] = {}  # thread count -> ThreadGovernor
 
     # --- handshake and loading (actor thread) -----------------------------------------------------
 
@@ -132,7 +133,7 @@ class Shard:
             if cache is None:
                 self.open_cache(job["cache"], job["n_ctx"])
                 cache = self.caches[job["cache"]]
-            y = self.stage.run(job["x"], cache, job["n_past"])
+            y = self._stage_run(job["x"], cache, job["n_past"])
         except Exception as e:
             if job["reply"]:
                 raise
@@ -150,6 +151,27 @@ class Shard:
         nxt = {**job, "x": y, "route": route[1:], "stamps": stamps}
         self._worker.loop.add_callback(self._push, route[0], nxt)
         return None
+
+    def _stage_run(self, x: np.ndarray, cache, n_past: int) -> np.ndarray:
+        """The stage's pass; a single token at the thread count that measures faster (llamapy/threads.py:
+        on a loaded host one thread can beat several)."""
+        import numba
+
+        from ..threads import ThreadGovernor
+
+        threads = numba.get_num_threads()
+        if len(x) != 1 or threads <= 1:
+            return self.stage.run(x, cache, n_past)
+        governor = self._governors.setdefault(threads, ThreadGovernor(threads))
+        n = governor.choose()
+        numba.set_num_threads(n)
+        try:
+            start = time.perf_counter()
+            y = self.stage.run(x, cache, n_past)
+            governor.record(n, time.perf_counter() - start)
+        finally:
+            numba.set_num_threads(threads)
+        return y
 
     async def _push(self, target: tuple[str, str], job: dict) -> None:
         from distributed.protocol import to_serialize
