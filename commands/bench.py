@@ -134,7 +134,7 @@ def _run_all(lb, tests, reps, warmup, bandwidth, printer, say, remote=(None, Non
         if remote[0]:
             from llamapy.distributed.report import take_hop_rows
 
-            hops.extend(take_hop_rows(loaded, test.name))
+            hops.extend(take_hop_rows(loaded, f"{test.name} -t {test.n_threads}"))
     if remote[0] and loaded is not None:
         from llamapy.distributed.report import stage_legend
 
