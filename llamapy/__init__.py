@@ -23,7 +23,16 @@ def _numba_cache_dir() -> None:
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "llamapy", "numba")
 
 
+def _named_cpu_features() -> None:
+    """NUMBA_CPU_NAME=haswell alone still lets numba use every feature of the host (its feature list
+    overrides the name); a named CPU should mean that CPU's own instruction set. Before numba import."""
+    name = os.environ.get("NUMBA_CPU_NAME")
+    if name and name != "host" and "NUMBA_CPU_FEATURES" not in os.environ:
+        os.environ["NUMBA_CPU_FEATURES"] = ""  # empty: the named CPU's defaults
+
+
 _numba_cache_dir()
+_named_cpu_features()
 
 
 def load(path=None):

@@ -72,6 +72,22 @@ class _Cells:
     def view(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self.cells[:n], self.scales[:n] if self.kind.block else self.scales
 
+    def floats(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions 0..n-1 decoded to float32 (the same values kv_value reads): what a prompt's many
+        queries read, where decoding once beats decoding per query."""
+        name, cells = self.kind.name, self.cells[:n]
+        if name == "f32":
+            return cells, self._NO_SCALES
+        if name == "f16":
+            return cells.view(np.float16).astype(np.float32), self._NO_SCALES
+        scales = self.scales[:n, :, :, None]
+        if name == "q8_0":
+            q = cells.reshape(n, cells.shape[1], -1, 32).astype(np.float32)
+        else:
+            packed = cells.reshape(n, cells.shape[1], -1, 16)
+            q = np.concatenate([packed & 15, packed >> 4], axis=3).astype(np.float32) - 8
+        return np.ascontiguousarray((q * scales).reshape(n, cells.shape[1], -1)), self._NO_SCALES
+
 
 class KVCache:
     """Keys and values of every layer (or of a pipeline stage's layers) for positions 0..n_ctx-1.
@@ -113,9 +129,12 @@ class KVCache:
         self.k[i].store(pos0, k)
         self.v[i].store(pos0, v)
 
-    def view(self, layer: int, n_filled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(key cells, key scales, value cells, value scales) of positions 0..n_filled-1."""
+    def view(self, layer: int, n_filled: int, as_float: bool = False) -> tuple[np.ndarray, ...]:
+        """(key cells, key scales, value cells, value scales) of positions 0..n_filled-1; as_float:
+        decoded to float32 first (for many queries at once)."""
         i = layer - self.first_layer
+        if as_float:
+            return (*self.k[i].floats(n_filled), *self.v[i].floats(n_filled))
         return (*self.k[i].view(n_filled), *self.v[i].view(n_filled))
 
     def trim(self, n: int) -> None:

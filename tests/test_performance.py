@@ -81,3 +81,26 @@ def test_ngl_is_accepted_with_one_line(smollm2):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "no GPU backend" in r.stderr
+
+
+@pytest.mark.parametrize("n, pos0, heads, kv_heads, dim, window", [
+    (64, 0, 4, 1, 256, 0), (100, 37, 9, 3, 64, 0), (200, 300, 4, 1, 256, 512), (70, 10, 4, 1, 256, 32)])
+def test_tiled_attention_is_softmax_attention(n, pos0, heads, kv_heads, dim, window):
+    """The key-parallel tiled kernel (prompts of 64+ tokens) against plain float64 attention."""
+    from llamapy.kernels.attention import attention
+
+    rng = np.random.default_rng(n)
+    q = rng.standard_normal((n, heads, dim)).astype(np.float32)
+    k, v = (rng.standard_normal((pos0 + n, kv_heads, dim)).astype(np.float32) for _ in range(2))
+    none = np.zeros((1, 1, 1), np.float32)
+    out = np.empty((n, heads, dim), np.float32)
+    attention(q, k, none, v, none, pos0, window, np.float32(dim ** -0.5), out)
+    for t in (0, n // 2, n - 1):
+        pos = pos0 + t
+        keys = np.arange(max(0, pos - window + 1) if window else 0, pos + 1)
+        for h in range(heads):
+            kh = h // (heads // kv_heads)
+            s = (k[keys, kh].astype(np.float64) @ q[t, h]) * dim ** -0.5
+            w = np.exp(s - s.max())
+            expected = (w / w.sum()) @ v[keys, kh]
+            assert np.allclose(out[t, h], expected, atol=2e-5), (t, h)

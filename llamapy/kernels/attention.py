@@ -8,12 +8,12 @@ V sum in float16 with an online softmax; larger batches (tiled) keep Q and the s
 import numpy as np
 from numba import njit, prange
 
-from ..quants._bits import fma32, round_f16
+from ..quants._bits import fma32, round_f16, vfma, vload, vsplat, vstore, vzero
 from .activations import ggml_expf
 from .kv_access import kv_value
 
 FA_TILE_Q = 64  # ggml's query tile: from this batch size on it takes the float32 tiled path
-FA_TILE_KV = 64  # keys per tile in that path
+FA_TILE_KV = 64  # keys per tile in that path (_attend_tiled_by_dim holds them as eight 8-lane vectors)
 
 KV_PAD = 256  # llama.cpp views its KV cache in multiples of 256 cells
 SPLIT_KV_MIN = 512  # from this many cells one-token attention is split across threads
@@ -30,54 +30,46 @@ def attention(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out,
     One token runs serially: a parallel region costs more to start than nine heads take.
     """
     n = q.shape[0]
+    if n >= FA_TILE_Q:
+        if k_cache.dtype != np.float32 or v_cache.dtype != np.float32:
+            raise TypeError("batches of 64 queries or more read the cache decoded to float32 (KVCache.view as_float)")
+        return _attention_tiled(q, _keys_by_dim(k_cache), v_cache, pos0, window, scale, out)
     n_kv = min(_pad(max(n_ctx, 1)), max(KV_PAD, _pad(pos0 + n)))
     split = n == 1 and n_kv >= SPLIT_KV_MIN
     kernel = _attention_parallel if n > 1 else _attention_serial
     return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out, n_kv if split else 0)
 
 
-def _pad(n: int) -> int:
-    return (n + KV_PAD - 1) // KV_PAD * KV_PAD
-
-
-@njit(cache=True, inline="always")
-def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
-    n, n_head, d = q.shape
-    group = n_head // k_cache.shape[1]
-    t = task // n_head
-    h = task % n_head
-    pos = pos0 + t
-    first = max(0, pos - window + 1) if window > 0 else 0
-    qv = q[t, h].copy()
-    if n < FA_TILE_Q:
-        for c in range(d):
-            qv[c] = round_f16(qv[c])
-        if split_kv:
-            _attend_split(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, split_kv, out[t, h])
-        else:
-            _attend_one(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, True, out[t, h])
-    else:
-        _attend_tiled(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, out[t, h])
+def _keys_by_dim(k):
+    """k [n_kv, heads, d] as [heads, d, n_kv rounded up to FA_TILE_KV], zero-padded: for a fixed
+    element, consecutive keys are contiguous, so a tile's scores are computed side by side."""
+    n_kv, heads, d = k.shape
+    padded = -(-n_kv // FA_TILE_KV) * FA_TILE_KV
+    kt = np.zeros((heads, d, padded), np.float32)
+    kt[:, :, :n_kv] = k.transpose(1, 2, 0)
+    return kt
 
 
 @njit(cache=True, parallel=True)
-def _attention_parallel(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
-    for task in prange(q.shape[0] * q.shape[1]):
-        _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
+def _attention_tiled(q, kt, v_cache, pos0, window, scale, out):
+    """ggml's tiled flash attention (batches of FA_TILE_Q queries or more) with the keys by element:
+    each score is still one sequential fma chain over the head (ggml's order), but 64 chains run
+    side by side, one per key of the tile, instead of one after the other."""
+    n, n_head, d = q.shape
+    group = n_head // kt.shape[0]
+    for task in prange(n * n_head):
+        t, h = task // n_head, task % n_head
+        pos = pos0 + t
+        first = max(0, pos - window + 1) if window > 0 else 0
+        _attend_tiled_by_dim(q[t, h], kt[h // group].reshape(-1), kt.shape[2], v_cache, h // group, first, pos + 1,
+                             scale, out[t, h])
     return out
 
 
 @njit(cache=True)
-def _attention_serial(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
-    for task in range(q.shape[0] * q.shape[1]):
-        _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
-    return out
-
-
-@njit(cache=True)
-def _attend_tiled(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, out):
-    """ggml's tiled flash attention for one query: keys in tiles of 64 from position 0, scores as
-    sequential fma chains, an online softmax per tile with ggml's expf, V summed in float32."""
+def _attend_tiled_by_dim(qv, kt, n_pad, v_cache, kh, first, end, scale, out):
+    """_attend_tiled's arithmetic, the scores of a tile computed key-parallel from kt (flat [d, n_pad]):
+    eight vectors of eight keys, one fused multiply-add per element and key, as the scalar chain."""
     d = qv.shape[0]
     dv = out.shape[0]
     acc = np.zeros(dv, dtype=np.float32)
@@ -85,14 +77,26 @@ def _attend_tiled(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, out):
     running_max = np.float32(-np.inf)
     total = np.float32(0.0)
     for start in range(first - first % FA_TILE_KV, end, FA_TILE_KV):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzero()
+        for c in range(d):
+            qc, o = vsplat(qv[c]), c * n_pad + start
+            a0, a1 = vfma(qc, vload(kt, o), a0), vfma(qc, vload(kt, o + 8), a1)
+            a2, a3 = vfma(qc, vload(kt, o + 16), a2), vfma(qc, vload(kt, o + 24), a3)
+            a4, a5 = vfma(qc, vload(kt, o + 32), a4), vfma(qc, vload(kt, o + 40), a5)
+            a6, a7 = vfma(qc, vload(kt, o + 48), a6), vfma(qc, vload(kt, o + 56), a7)
+        vstore(kq, 0, a0)
+        vstore(kq, 8, a1)
+        vstore(kq, 16, a2)
+        vstore(kq, 24, a3)
+        vstore(kq, 32, a4)
+        vstore(kq, 40, a5)
+        vstore(kq, 48, a6)
+        vstore(kq, 56, a7)
         tile_max = np.float32(-np.inf)
         for tk in range(FA_TILE_KV):
             j = start + tk
             if first <= j < end:
-                s = np.float32(0.0)
-                for c in range(d):
-                    s = fma32(qv[c], kv_value(k_cache, ks, j, kh, c), s)
-                kq[tk] = s * scale
+                kq[tk] = kq[tk] * scale
                 tile_max = max(tile_max, kq[tk])
             else:
                 kq[tk] = -np.inf
@@ -113,11 +117,47 @@ def _attend_tiled(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, out):
         for tk in range(FA_TILE_KV):
             j = start + tk
             if first <= j < end:
+                w = kq[tk]
                 for c in range(dv):
-                    acc[c] = fma32(kq[tk], kv_value(v_cache, vs, j, kh, c), acc[c])
+                    acc[c] = fma32(w, v_cache[j, kh, c], acc[c])
     inv = np.float32(1.0) / total
     for c in range(dv):
         out[c] = acc[c] * inv
+
+
+def _pad(n: int) -> int:
+    return (n + KV_PAD - 1) // KV_PAD * KV_PAD
+
+
+@njit(cache=True, inline="always")
+def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
+    n, n_head, d = q.shape
+    group = n_head // k_cache.shape[1]
+    t = task // n_head
+    h = task % n_head
+    pos = pos0 + t
+    first = max(0, pos - window + 1) if window > 0 else 0
+    qv = q[t, h].copy()
+    for c in range(d):
+        qv[c] = round_f16(qv[c])
+    if split_kv:
+        _attend_split(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, split_kv, out[t, h])
+    else:
+        _attend_one(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, True, out[t, h])
+
+
+@njit(cache=True, parallel=True)
+def _attention_parallel(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
+    for task in prange(q.shape[0] * q.shape[1]):
+        _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
+    return out
+
+
+@njit(cache=True)
+def _attention_serial(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
+    for task in range(q.shape[0] * q.shape[1]):
+        _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
+    return out
 
 
 @njit(cache=True, inline="always")

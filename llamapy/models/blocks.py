@@ -148,7 +148,7 @@ class AttentionLayer:
         out = np.empty((n, self.n_head, self.head_dim_v), dtype=np.float32)
         for s in batch.segments:
             s.cache.store(layer, s.pos0, k[s.start:s.stop], v[s.start:s.stop])
-            cells = s.cache.view(layer, s.pos0 + s.n)
+            cells = s.cache.view(layer, s.pos0 + s.n, as_float=s.n > 1)
             if s.cache.flash_attn:
                 attention(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
                           out[s.start:s.stop], s.cache.n_ctx)

@@ -24,10 +24,27 @@ _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _V8I, _V16S, _V32B = ir.VectorType(_I32, 8), ir.VectorType(_I16, 16), ir.VectorType(_I8, 32)
 
 
+# Named CPUs numba may be told to target (NUMBA_CPU_NAME with no feature list), by their byte-dot
+# instructions: LLVM then uses the CPU's own features, which llvmlite does not list.
+_VNNI_CPUS = ("cascadelake", "cooperlake", "icelake", "tigerlake", "rocketlake", "sapphirerapids",
+              "emeraldrapids", "graniterapids", "alderlake", "raptorlake", "meteorlake", "arrowlake", "lunarlake",
+              "sierraforest", "grandridge", "clearwaterforest", "znver4", "znver5")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "skylake-avx512", "cannonlake", "znver1", "znver2", "znver3",
+              "x86-64-v3", "x86-64-v4")
+
+
 def target_features(context) -> set[str]:
-    """The +features of the CPU numba compiles for (empty: the named CPU's defaults, unknown here)."""
-    features = getattr(context.codegen(), "_tm_features", "") or ""
-    return {f[1:] for f in features.split(",") if f.startswith("+")}
+    """The +features of the CPU numba compiles for; for a named CPU without a list, its ISA's."""
+    codegen = context.codegen()
+    features = getattr(codegen, "_tm_features", "") or ""
+    found = {f[1:] for f in features.split(",") if f.startswith("+")}
+    if not features:
+        name = str(getattr(codegen, "_get_host_cpu_name", lambda: "")()).lower()
+        if name.startswith(_VNNI_CPUS):
+            found |= {"avx2", "avxvnni"}
+        elif name.startswith(_AVX2_CPUS):
+            found |= {"avx2"}
+    return found
 
 
 def byte_dot_isa(features: set[str]) -> str:
