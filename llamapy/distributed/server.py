@@ -64,6 +64,15 @@ def check_bind(host: str, port: int) -> None:
             raise ServerError(f"cannot bind to {host}:{port}: {e.strerror}") from None
 
 
+def _check_resolves(address: str) -> None:
+    """A scheduler host name that does not resolve fails now, not after --connect-timeout."""
+    host = address.partition("://")[2].rpartition(":")[0].strip("[]")
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as e:
+        raise ServerError(f"cannot resolve the scheduler's host {host!r} (--scheduler): {e.strerror}") from None
+
+
 def dashboard_options(host: str, dashboard: bool, dashboard_port: int) -> dict:
     """Dask always runs a small HTTP server beside each process; with the dashboard off it serves only
     /health, on a free port of the same host (rather than Dask's default :8787 and its info pages)."""
@@ -134,6 +143,7 @@ async def run_worker(scheduler: str, host: str, port: int = 0, nthreads: int | N
     from distributed import Worker
 
     check_bind(host, port)
+    _check_resolves(scheduler)
     options = dashboard_options(host, dashboard, dashboard_port)
     SERVER_OPTIONS.update(mem=mem, nthreads=nthreads, model_dirs=list(model_dirs), local_files=local_files)
     with tempfile.TemporaryDirectory(prefix="llamapy-rpc-") as workdir:
