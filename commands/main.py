@@ -107,8 +107,8 @@ def main(
 
 
 command("chat", "chat:chat", "Chat with a model in the terminal, as llama-cli's conversation mode.")
-command("simple", "simple:simple", "Greedy continuation of a prompt, as llama-simple.")
-command("run", "run:run", "Generate from a prompt with sampling, as llama-run.")
+command("simple", "simple:simple", "Greedy continuation of a prompt, as llama-simple.", one_shot=True)
+command("run", "run:run", "Generate from a prompt with sampling, as llama-run.", one_shot=True)
 command("bench", "bench:bench", "Prompt and generation speed, as llama-bench.")
 command("perplexity", "perplexity:perplexity", "Perplexity and KL-divergence of a model on a text, as "
         "llama-perplexity.")
