@@ -15,7 +15,23 @@ from typing import Annotated
 
 import typer
 
-from ._common import Rpc, TensorSplit, fail, model_path, open_model, user_errors
+from ._common import (
+    CacheTypeK,
+    CacheTypeV,
+    FlashAttn,
+    GpuLayers,
+    Mlock,
+    NoMmap,
+    Rpc,
+    TensorSplit,
+    ThreadsBatch,
+    UBatch,
+    fail,
+    model_path,
+    open_model,
+    run_options,
+    user_errors,
+)
 
 DEFAULT_CTX = 4096
 
@@ -55,6 +71,14 @@ def serve(
                               "file name)."),
     rpc: Rpc = None,
     tensor_split: TensorSplit = None,
+    threads_batch: ThreadsBatch = None,
+    ubatch_size: UBatch = 512,
+    cache_type_k: CacheTypeK = "f16",
+    cache_type_v: CacheTypeV = "f16",
+    flash_attn: FlashAttn = "auto",
+    mlock: Mlock = False,
+    no_mmap: NoMmap = False,
+    n_gpu_layers: GpuLayers = None,
 ) -> None:
     import uvicorn
 
@@ -74,10 +98,12 @@ def serve(
     if api_key and len(keys) != len(api_key):
         fail("--api-key must not be empty")
     template = read_template_file(chat_template_file) if chat_template_file else chat_template
+    options = run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock, no_mmap,
+                          n_gpu_layers)
     path = model_path(model, hf_repo)  # a missing file fails here, before anything listens
 
     def load():
-        m = open_model(str(path), rpc=rpc, tensor_split=tensor_split)
+        m = open_model(str(path), None, rpc, tensor_split, options)
         m.chat_format(template)  # an unknown template name fails the start, not the first request
         return m
 

@@ -189,6 +189,7 @@ class Engine:
         self._stopping = False
         self._next_id = 0
         self._thread = threading.Thread(target=self._run, name="llamapy-engine", daemon=True)
+        self._governors: dict[tuple[int, int], object] = {}  # (threads, sequences in the step) -> governor
 
     # --- other threads ------------------------------------------------------------------------
 
@@ -230,12 +231,12 @@ class Engine:
     # --- the engine thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self.threads:
-            import numba
-
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         try:
             model = self._load()
+            # A prompt chunk is at most -ub tokens, as a forward pass of llama.cpp.
+            options = getattr(model, "options", None)
+            if options is not None:
+                self.n_batch = min(self.n_batch, options.n_ubatch)
             self.slots = [Slot(i, model.session(self.n_ctx_slot, self.n_batch)) for i in range(self.n_parallel)]
         except Exception as e:  # reported by the command as one line
             self.load_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -267,7 +268,7 @@ class Engine:
             return
         caches = [self.model.new_cache(8), self.model.new_cache(8)]
         self.model.forward([0, 1], caches[0])
-        forward_step(self.model, [np.array([0]), np.array([0, 1, 2])], caches)
+        self._forward([np.array([0]), np.array([0, 1, 2])], caches)
 
     def step(self) -> None:
         """One forward pass over every active slot (engine thread only)."""
@@ -281,8 +282,7 @@ class Engine:
             s.session.cache.n_past = len(s.session.tokens)  # the token list is the truth
         start = time.perf_counter()
         try:
-            logits = forward_step(self.model, [np.asarray(t, np.int64) for _, t in entries],
-                                  [s.session.cache for s in slots])
+            logits = self._forward([np.asarray(t, np.int64) for _, t in entries], [s.session.cache for s in slots])
         except Exception as e:
             for s in slots:
                 s.session.clear()  # what the pass left in the caches is not known
@@ -304,6 +304,30 @@ class Engine:
                 s.usage.prompt_ms = 1e3 * (now - s.started)
                 s.state = GENERATE
             self._sample(s, row, now)
+
+    def _forward(self, tokens: list[np.ndarray], caches: list) -> np.ndarray:
+        """forward_step at the model's thread counts (-t for steps of decode tokens only, -tb for steps with
+        prompt chunks); a decode step runs at -t or one thread, whichever a governor per batch size
+        measures faster (llamapy/threads.py: a loaded core must not make -t N slower than -t 1)."""
+        import numba
+
+        from ..threads import ThreadGovernor
+
+        options = getattr(self.model, "options", None)
+        decode = all(len(t) == 1 for t in tokens)
+        requested = (options.threads_for(1 if decode else 2) if options is not None else None) or self.threads
+        most = numba.config.NUMBA_NUM_THREADS
+        requested = min(requested or most, most)
+        governor = None
+        if decode and requested > 1 and getattr(options, "adaptive_threads", True):
+            governor = self._governors.setdefault((requested, len(tokens)), ThreadGovernor(requested))
+        n = governor.choose() if governor is not None else requested
+        numba.set_num_threads(n)
+        start = time.perf_counter()
+        logits = forward_step(self.model, tokens, caches)
+        if governor is not None:
+            governor.record(n, time.perf_counter() - start)
+        return logits
 
     def _drop_cancelled(self) -> None:
         for s in self.slots:
