@@ -56,7 +56,8 @@ class _Cells:
         self.kind = kind
         # np.zeros maps untouched pages lazily, so memory grows with use, not n_ctx.
         self.cells = np.zeros((n_ctx, heads, dim // kind.values_per_cell), kind.dtype)
-        self.scales = np.zeros((n_ctx, heads, dim // kind.block), np.float32) if kind.block else self._NO_SCALES
+        # One float16 scale per block (its bits), as in ggml's q8_0 / q4_0 blocks.
+        self.scales = np.zeros((n_ctx, heads, dim // kind.block), np.uint16) if kind.block else self._NO_SCALES
 
     def store(self, pos0: int, x: np.ndarray) -> None:
         n, name = x.shape[0], self.kind.name
@@ -80,7 +81,7 @@ class _Cells:
             return cells, self._NO_SCALES
         if name == "f16":
             return cells.view(np.float16).astype(np.float32), self._NO_SCALES
-        scales = self.scales[:n, :, :, None]
+        scales = self.scales[:n, :, :, None].view(np.float16).astype(np.float32)
         if name == "q8_0":
             q = cells.reshape(n, cells.shape[1], -1, 32).astype(np.float32)
         else:

@@ -31,9 +31,9 @@ def _last_logits(path, **options):
 def test_cache_bytes_per_type():
     sizes = {t: KVCache(2, 1024, 3, 64, 64, type_k=t, type_v=t).nbytes() for t in ("f32", "f16", "q8_0", "q4_0")}
     assert sizes["f16"] * 2 == sizes["f32"]
-    # q8_0: 32 quants + a scale per block; we keep scales as float32, llama.cpp as float16 (34 vs 36 bytes).
-    assert sizes["q8_0"] <= 0.57 * sizes["f16"]
-    assert sizes["q4_0"] <= 0.32 * sizes["f16"]
+    # ggml's blocks: q8_0 32 quants + an f16 scale (34 bytes per 32 values, f16 64), q4_0 16 + 2.
+    assert sizes["q8_0"] * 64 == sizes["f16"] * 34
+    assert sizes["q4_0"] * 64 == sizes["f16"] * 18
 
 
 def test_quantized_cache_moves_perplexity_less_than_half_a_percent(smollm2):

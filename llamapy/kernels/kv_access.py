@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ..quants._bits import f16_to_f32, round_f16
+from ..quants._bits import f16_bits, f16_to_f32, round_f16
 
 
 def kv_value(cells, scales, pos, head, i):
@@ -27,18 +27,19 @@ def _kv_value(cells, scales, pos, head, i):
     if dtype == types.uint16:
         return lambda cells, scales, pos, head, i: f16_to_f32(cells[pos, head, i])
     if dtype == types.int8:
-        return lambda cells, scales, pos, head, i: np.float32(cells[pos, head, i]) * scales[pos, head, i >> 5]
+        return lambda cells, scales, pos, head, i: (np.float32(cells[pos, head, i])
+                                                     * f16_to_f32(scales[pos, head, i >> 5]))
     if dtype == types.uint8:
         def q4(cells, scales, pos, head, i):
             byte = np.int32(cells[pos, head, (i >> 5) * 16 + (i & 15)])
-            return np.float32(((byte >> ((i >> 4) & 1) * 4) & 15) - 8) * scales[pos, head, i >> 5]
+            return np.float32(((byte >> ((i >> 4) & 1) * 4) & 15) - 8) * f16_to_f32(scales[pos, head, i >> 5])
         return q4
     return None
 
 
 @njit(cache=True)
 def quantize_cells_q8_0(x, cells, scales):
-    """x [n, heads, d] float32 → q8_0 cells (int8) and one scale per 32 (amax / 127, f16-rounded)."""
+    """x [n, heads, d] float32 → q8_0 cells (int8) and one scale per 32 (amax / 127) as float16 bits."""
     n, heads, d = x.shape
     for t in range(n):
         for h in range(heads):
@@ -46,11 +47,10 @@ def quantize_cells_q8_0(x, cells, scales):
                 amax = np.float32(0.0)
                 for c in range(32 * b, 32 * b + 32):
                     amax = max(amax, abs(x[t, h, c]))
-                scale = round_f16(amax / np.float32(127.0))
                 inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
                 for c in range(32 * b, 32 * b + 32):
                     cells[t, h, c] = np.int8(np.rint(x[t, h, c] * inv))
-                scales[t, h, b] = scale
+                scales[t, h, b] = f16_bits(amax / np.float32(127.0))
 
 
 @njit(cache=True)
@@ -68,9 +68,9 @@ def quantize_cells_q4_0(x, cells, scales):
                         amax = abs(x[t, h, c])
                         peak = x[t, h, c]
                 scale = round_f16(peak / np.float32(-8.0))
-                inv = np.float32(1.0) / scale if scale != 0 else np.float32(0.0)
+                inv = np.float32(1.0) / (peak / np.float32(-8.0)) if peak != 0 else np.float32(0.0)
                 for j in range(16):
                     lo = min(15, int(x[t, h, 32 * b + j] * inv + np.float32(8.5)))
                     hi = min(15, int(x[t, h, 32 * b + 16 + j] * inv + np.float32(8.5)))
                     cells[t, h, 16 * b + j] = np.uint8(lo | (hi << 4))
-                scales[t, h, b] = scale
+                scales[t, h, b] = f16_bits(scale)

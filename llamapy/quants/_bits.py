@@ -50,6 +50,18 @@ def round_f16(typingctx, x):
 
 
 @intrinsic
+def f16_bits(typingctx, x):
+    """float32 → the uint16 bits of the nearest float16 (ties to even, vcvtps2ph)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), _I16)
+
+    return types.uint16(x), codegen
+
+
+@intrinsic
 def fma32(typingctx, a, b, c):
     """a*b + c with a single rounding, as the fused multiply-adds in ggml's x86 kernels."""
     if not (a == types.float32 and b == types.float32 and c == types.float32):
@@ -457,7 +469,8 @@ for _op in (operator.add, operator.sub, operator.mul, operator.or_, operator.and
     _register(_op)
 
 __all__ = [
-    "f16_to_f32", "f32_as_u32", "fma32", "load_f32", "load_u16", "load_u32", "round_f16", "shr32", "u32_as_f32",
+    "f16_bits", "f16_to_f32", "f32_as_u32", "fma32", "load_f32", "load_u16", "load_u32", "round_f16", "shr32",
+    "u32_as_f32",
     "add_halves", "bytes_of", "f32x8", "hadd", "i32x8", "lane", "load_nibble_words", "load_sbytes", "load_words",
     "pair_sums", "reduce_add", "spread_bits", "vfloat", "vfma", "vint", "vload", "vpair", "vsplat", "vstore", "vzero",
 ]
