@@ -125,7 +125,13 @@ def serve(
     url_host = f"[{host}]" if ":" in host else host
     say(f"listening on http://{url_host}:{bound} ({parallel} slot(s) of {n_ctx_slot} tokens); loading {path}")
     started = time.perf_counter()
-    uv_server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # Ctrl-C, SIGTERM: end the running replies, then shut down
+            engine.close()
+            super().handle_exit(sig, frame)
+
+    uv_server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                      timeout_graceful_shutdown=10))
     _announce_when_ready(engine, started)
     uv_server.run(sockets=[sock])
     if engine.load_error is not None:

@@ -13,6 +13,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -551,3 +552,25 @@ def test_chat_page_streams_a_reply_in_headless_chromium(server, tmp_path):
     cached = re.search(r"(\d+) cached", second["stats"])
     assert cached and int(cached.group(1)) > 0, second["stats"]  # the page sent the whole conversation
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+# --- last: it stops the module's server -------------------------------------------------------------
+
+
+def test_sigterm_ends_a_running_reply_with_an_error_object_then_exits(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    body = {"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json", "X-Api-Key": KEY})
+    r = conn.getresponse()
+    events = []
+    for raw in r:
+        line = raw.decode().strip()
+        if line.startswith("data: "):
+            events.append(line[6:])
+            if len(events) == 2:
+                server.proc.terminate()  # SIGTERM while the reply runs
+    conn.close()
+    last = json.loads(events[-1])
+    assert last == {"error": {"code": 503, "message": "the server is shutting down", "type": "unavailable_error"}}
+    # uvicorn shuts down, then lets SIGTERM end the process as it would have
+    assert len(events) < 400 and server.proc.wait(60) in (0, -signal.SIGTERM)

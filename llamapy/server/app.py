@@ -291,7 +291,7 @@ class Server:
                 event = await events.get()
                 if event.error is not None:
                     done = True
-                    yield sse(ApiError(500, event.error, "server_error").body())
+                    yield sse(engine_error(event).body())
                     return
                 if event.text:
                     yield sse(shaper.chunk(event.text))
@@ -334,7 +334,7 @@ class Server:
             return Response(status_code=499)  # nobody is listening
         text, event = result.result()
         if event.error is not None:
-            raise ApiError(500, event.error, "server_error")
+            raise engine_error(event)
         return JSONResponse(shaper.response(text, event.finish, event.usage))
 
     # --- state ----------------------------------------------------------------------------------
@@ -349,6 +349,10 @@ class Server:
 
     async def index(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def engine_error(event: Event) -> ApiError:
+    return ApiError(event.status, event.error, "unavailable_error" if event.status == 503 else "server_error")
 
 
 def too_long(n_tokens: int, n_ctx: int, what: str | None = None) -> ApiError:

@@ -42,6 +42,7 @@ class Event:
     finish: str | None = None  # "stop" or "length" on the last event
     usage: Usage | None = None
     error: str | None = None  # the engine failed this job (the last event)
+    status: int = 500  # of the error: 503 when the server is shutting down
 
     @property
     def done(self) -> bool:
@@ -196,10 +197,15 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def close(self) -> None:
+        """Stop taking work, without waiting: running and queued jobs end with an error event after the
+        pass in progress, so that their streams close and the HTTP server can shut down."""
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.close()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -257,7 +263,11 @@ class Engine:
             self.step()
         for s in self.slots:
             if s.job is not None:
-                self._finish(s, error="the server is shutting down")
+                self._finish(s, error="the server is shutting down", status=503)
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        for job in waiting:
+            job.sink(Event(error="the server is shutting down", status=503))
 
     def _warm_up(self) -> None:
         """One batched pass of a prompt chunk beside a decode token on scratch caches, so that the first
@@ -346,6 +356,10 @@ class Engine:
                 if not self._waiting or not free:
                     return
                 job = self._waiting.popleft()
+            if not 0 < len(job.prompt) < self.n_ctx_slot:  # the app checks this; a library caller may not
+                job.sink(Event(error=f"the prompt has {len(job.prompt)} tokens; a slot holds 1 to "
+                                     f"{self.n_ctx_slot - 1} (and room for a reply)"))
+                continue
             slot = self._pick_slot(free, job)
             slot.start(job, self.model.tokenizer, self.eog_ids)
 
@@ -400,9 +414,10 @@ class Engine:
         except Exception:  # the receiving side is gone (its event loop closed): drop the job
             s.job.cancelled = True
 
-    def _finish(self, s: Slot, text: str = "", finish: str | None = None, error: str | None = None) -> None:
+    def _finish(self, s: Slot, text: str = "", finish: str | None = None, error: str | None = None,
+                status: int = 500) -> None:
         self._account(s)
-        self._emit(s, Event(text, s.usage.n_generated, finish, s.usage, error))
+        self._emit(s, Event(text, s.usage.n_generated, finish, s.usage, error, status))
         s.release()
 
     def _account(self, s: Slot) -> None:
