@@ -24,3 +24,25 @@ def test_bench_np_prints_one_row_per_sequence_count():
     assert "S_TG t/s" in result.stdout
     bad = subprocess.run(cmd[:-9] + ["-np", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: -np must be at least 1"
+
+
+def test_a_model_with_its_own_forward_runs_the_sequences_one_by_one():
+    """--rpc's DistributedModel overrides forward: the engine's step then runs each sequence alone, with
+    the same logits as the batched pass."""
+    import numpy as np
+
+    from llamapy.model import Model
+    from llamapy.server.engine import forward_step
+
+    class Elsewhere(Model):
+        calls = 0
+
+        def forward(self, ids, cache, **kw):
+            Elsewhere.calls += 1
+            return super().forward(ids, cache, **kw)
+
+    local, remote = Model(model_path("smollm2")), Elsewhere(model_path("smollm2"))
+    tokens = [np.array([1, 2, 3]), np.array([4])]
+    batched = forward_step(local, tokens, [local.new_cache(8), local.new_cache(8)])
+    alone = forward_step(remote, tokens, [remote.new_cache(8), remote.new_cache(8)])
+    assert Elsewhere.calls == 2 and np.array_equal(batched, alone)
