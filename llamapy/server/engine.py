@@ -102,8 +102,6 @@ class Slot:
         # At least the last prompt token is evaluated again: its logits give the first token.
         n_keep = min(n_keep, len(prompt) - 1)
         self.session.trim(n_keep)
-        self.job = job
-        self.state = PREFILL
         self.pending = prompt[n_keep:]
         self.usage = Usage(n_prompt=len(prompt), n_cached=n_keep)
         self.sampler = Sampler(job.params)
@@ -118,6 +116,9 @@ class Slot:
         self.started = time.perf_counter()
         self.prompt_done = 0.0
         self.n_jobs += 1
+        # Last: other threads read the slot (/slots) and must see a whole job or none.
+        self.state = PREFILL
+        self.job = job
 
     def release(self) -> None:
         """The job is over; the cache keeps what it evaluated, for the next job's prefix."""
@@ -313,6 +314,9 @@ class Engine:
                 s.prompt_done = now
                 s.usage.prompt_ms = 1e3 * (now - s.started)
                 s.state = GENERATE
+                if s.limit <= 0:  # n_predict 0: the prompt only
+                    self._finish(s, "", "length")
+                    continue
             self._sample(s, row, now)
 
     def _forward(self, tokens: list[np.ndarray], caches: list) -> np.ndarray:
