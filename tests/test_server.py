@@ -361,6 +361,13 @@ def test_api_key_required_but_health_and_page_open(server):
     assert status == 200 and out["data"][0]["id"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def test_only_loopback_hosts_go_without_the_no_tls_warning():
+    from llamapy.commands.serve import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com"))
+
+
 def test_unknown_route_and_method_get_error_objects(server):
     status, out = server.get("/v2/nothing")
     assert status == 404 and out["error"]["type"] == "not_found_error"
