@@ -119,10 +119,12 @@ def test_bad_inputs_give_one_line(tmp_path):
 
 def test_sigint_mid_way_leaves_no_output(tmp_path):
     out = tmp_path / "out.gguf"
-    cmd = [*LLAMAPY, "quantize", "--allow-requantize", model_path("smollm2"), out, "Q4_K_M", "1"]
+    # Gemma to Q2_K on one thread: many seconds of work, so the signal lands mid-way on any machine
+    # (SmolLM2 to Q4_K_M now finishes before it).
+    cmd = [*LLAMAPY, "quantize", "--allow-requantize", model_path("gemma3"), out, "Q2_K", "1"]
     proc = subprocess.Popen(list(map(str, cmd)), stderr=subprocess.PIPE, text=True)
     first = proc.stderr.readline()  # the first tensor is done: the temporary file is being written
-    assert "/272" in first, first
+    assert "/" in first, first
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
     assert proc.returncode == 130
