@@ -5,8 +5,10 @@ Progress (one bar, per tensor) and the summary go to stderr; the output file app
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
 
 import typer
@@ -112,8 +114,13 @@ class _Bar:
         self.stream = stream
         self.tty = stream.isatty()
 
+    interrupted = False  # set by SIGINT; acted on here, between tensors (see _defer_sigint)
+
     def __call__(self, done) -> None:
         from llamapy.quants.types import type_name
+
+        if _Bar.interrupted:
+            raise KeyboardInterrupt
 
         width = 24
         filled = width * done.index // done.total
@@ -126,6 +133,21 @@ class _Bar:
         elif done.index == done.total or done.index % 25 == 1:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+@contextlib.contextmanager
+def _defer_sigint():
+    """Ctrl-C as a flag the progress callback acts on after the tensor in hand: a signal that lands
+    inside numba (compiling, or in a kernel) could otherwise be lost there, and the quantizing would
+    run to the end. The KeyboardInterrupt then unwinds the writer, which removes its temporary file."""
+    def handle(signum, frame):
+        _Bar.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @user_errors
@@ -160,8 +182,9 @@ def quantize(
                    output_tensor_type=_tensor_type(output_tensor_type),
                    token_embedding_type=_tensor_type(token_embedding_type))
     weights, info = _load_imatrix(imatrix, include_weights, exclude_weights)
-    summary = quantize_model(inp, out, ftype.name, allow_requantize=allow_requantize, opts=opts,
-                             imatrix=weights, imatrix_info=info, progress=_Bar())
+    with _defer_sigint():
+        summary = quantize_model(inp, out, ftype.name, allow_requantize=allow_requantize, opts=opts,
+                                 imatrix=weights, imatrix_info=info, progress=_Bar())
     mib = 1024 * 1024
     print(f"quantize: {summary.path} ({ftype.name}): {summary.n_tensors} tensors, "
           f"{summary.src_bytes / mib:.2f} MiB ({summary.src_bpw:.2f} BPW) -> "
