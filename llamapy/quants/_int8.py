@@ -18,12 +18,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import (
-    f16_to_f32,
     fma32,
-    lane,
     load_nibble_words,
     load_sbytes,
-    load_u16,
     load_u32,
     load_words,
     vfloat,
@@ -31,11 +28,21 @@ from ._bits import (
     vsplat,
     vzero,
 )
-from ._exact import _q4_k_add, _q4_k_scales, _q4_k_sums, _q6_k_lanes, _q6_k_offsets, _q6_k_scales
+from ._exact import (
+    ROWS_PER_TASK,
+    _half,
+    _hsum,
+    _parts,
+    _q4_k_add,
+    _q4_k_scales,
+    _q4_k_sums,
+    _q6_k_lanes,
+    _q6_k_offsets,
+    _q6_k_scales,
+)
 from ._isa import abs_bytes, bit_bytes, dot4, iload, istore, izero, sign_bytes, splat_i32
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
-ROWS_PER_TASK = 16
 _LOW_NIBBLES = 0x0F0F0F0F
 _ONES = 0x01010101
 
@@ -54,13 +61,12 @@ def lane_sums(xb):
 
 
 @njit(cache=True, inline="always")
-def _block_sum(row, type_id, b, x, o, xsum):
-    """Block b of a packed row against the activation bytes x[o:o+32]: (lane sums, d_w, m_w)."""
-    xv = load_words(x, o)
+def _block_quants(row, type_id, b):
+    """Block b of a packed row: its 32 quants as bytes in element order (signed for Q8_0, else
+    unsigned with Q4_0's / Q5_0's offset left in), its scale d and its min m (0 without one)."""
     if type_id == Q8_0:
         base = b * 34
-        w = load_words(row, base + 2)
-        return dot4(izero(), abs_bytes(w), sign_bytes(xv, w)), _half(row, base), np.float32(0.0)
+        return load_words(row, base + 2), _half(row, base), np.float32(0.0)
     size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
     base = b * size
     with_min = type_id == Q4_1 or type_id == Q5_1
@@ -70,27 +76,29 @@ def _block_sum(row, type_id, b, x, o, xsum):
         u = load_nibble_words(row, q) & _LOW_NIBBLES
     else:
         u = (load_nibble_words(row, q + 4) & _LOW_NIBBLES) | bit_bytes(load_u32(row, q), 16)
-    s = dot4(izero(), u, xv)
+    return u, _half(row, base), mn
+
+
+@njit(cache=True, inline="always")
+def _lane_sum(type_id, w, w_abs, xv, xsum, so):
+    """The eight exact lane sums of a block's quants w (w_abs = |w|, Q8_0 only) with activation
+    bytes xv, whose own lane sums are xsum[so:so+8] (for the offset of Q4_0 and Q5_0)."""
+    if type_id == Q8_0:
+        return dot4(izero(), w_abs, sign_bytes(xv, w))
+    s = dot4(izero(), w, xv)
     if type_id == Q4_0:
-        s = s - (iload(xsum, 8 * b) << 3)
+        s = s - (iload(xsum, so) << 3)
     elif type_id == Q5_0:
-        s = s - (iload(xsum, 8 * b) << 4)
-    return s, _half(row, base), mn
+        s = s - (iload(xsum, so) << 4)
+    return s
 
 
 @njit(cache=True, inline="always")
-def _half(row, o):
-    return f16_to_f32(load_u16(row, o))
-
-
-@njit(cache=True, inline="always")
-def _hsum(acc):
-    """ggml's hsum_float_8."""
-    r0 = lane(acc, 4) + lane(acc, 0)
-    r1 = lane(acc, 5) + lane(acc, 1)
-    r2 = lane(acc, 6) + lane(acc, 2)
-    r3 = lane(acc, 7) + lane(acc, 3)
-    return (r0 + r2) + (r1 + r3)
+def _block_sum(row, type_id, b, x, o, xsum):
+    """Block b of a packed row against the activation bytes x[o:o+32]: (lane sums, d_w, m_w)."""
+    w, d, m = _block_quants(row, type_id, b)
+    w_abs = abs_bytes(w) if type_id == Q8_0 else w
+    return _lane_sum(type_id, w, w_abs, load_words(x, o), xsum, 8 * b), d, m
 
 
 @njit(cache=True, inline="always")
@@ -119,39 +127,21 @@ def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
 
 @njit(cache=True, inline="always")
 def _decode_row(row, type_id, nb, wu, ws, wo, wd, wm, i):
-    """A row's quants as bytes at wu[wo:]: unsigned (|w| for Q8_0), and ws the signed ones (Q8_0)."""
+    """A row's quants as bytes at ws[wo:] (_block_quants'), and at wu[wo:] |w| for Q8_0."""
     for b in range(nb):
+        w, d, m = _block_quants(row, type_id, b)
+        wd[i, b], wm[i, b] = d, m
+        istore(ws, wo + 8 * b, w)
         if type_id == Q8_0:
-            w = load_words(row, b * 34 + 2)
             istore(wu, wo + 8 * b, abs_bytes(w))
-            istore(ws, wo + 8 * b, w)
-            wd[i, b], wm[i, b] = _half(row, b * 34), np.float32(0.0)
-            continue
-        size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
-        base = b * size
-        with_min = type_id == Q4_1 or type_id == Q5_1
-        q = base + 4 if with_min else base + 2
-        if type_id == Q4_0 or type_id == Q4_1:
-            u = load_nibble_words(row, q) & _LOW_NIBBLES
-        else:
-            u = (load_nibble_words(row, q + 4) & _LOW_NIBBLES) | bit_bytes(load_u32(row, q), 16)
-        istore(wu, wo + 8 * b, u)
-        wd[i, b] = _half(row, base)
-        wm[i, b] = _half(row, base + 2) if with_min else np.float32(0.0)
 
 
 @njit(cache=True, inline="always")
 def _decoded_sum(type_id, wu, ws, wo, xflat, xo, sflat, so):
-    """Lane sums of block at wu[wo:] (decoded) against activation bytes xflat[xo:] (lane sums sflat[so:])."""
-    xv = load_words(xflat, xo)
-    if type_id == Q8_0:
-        return dot4(izero(), iload(wu, wo), sign_bytes(xv, iload(ws, wo)))
-    s = dot4(izero(), iload(wu, wo), xv)
-    if type_id == Q4_0:
-        s = s - (iload(sflat, so) << 3)
-    elif type_id == Q5_0:
-        s = s - (iload(sflat, so) << 4)
-    return s
+    """Lane sums of the decoded block at wo against activation bytes xflat[xo:] (lane sums sflat[so:])."""
+    w = iload(ws, wo)
+    w_abs = iload(wu, wo) if type_id == Q8_0 else w
+    return _lane_sum(type_id, w, w_abs, load_words(xflat, xo), sflat, so)
 
 
 @njit(cache=True, inline="always")
@@ -208,8 +198,7 @@ def dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
     n, k = xb.shape
     nb = k // 32
     xflat, sflat = xb.reshape(-1), xsum.reshape(-1)
-    tasks = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    parts = min(tasks, 32)
+    tasks, parts = _parts(rows)
     for part in prange(parts):
         wu = np.empty(ROWS_PER_TASK * (k // 4), np.int32)
         ws = np.empty(ROWS_PER_TASK * (k // 4), np.int32)

@@ -130,18 +130,6 @@ def sign_bytes(typingctx, v, like):
 
 
 @intrinsic
-def add_bytes(typingctx, a, b):
-    """Bytewise a + b (wrapping)."""
-    if not (a == i32x8 and b == i32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(builder.add(builder.bitcast(args[0], _V32B), builder.bitcast(args[1], _V32B)), _V8I)
-
-    return i32x8(a, b), codegen
-
-
-@intrinsic
 def splat_i32(typingctx, x):
     if not isinstance(x, types.Integer):
         return None
@@ -152,18 +140,6 @@ def splat_i32(typingctx, x):
         return builder.shuffle_vector(vec, vec, ir.Constant(_V8I, [0] * 8))
 
     return i32x8(x), codegen
-
-
-@intrinsic
-def mul_i32(typingctx, a, b):
-    """Lane-wise int32 a * b (vpmulld)."""
-    if not (a == i32x8 and b == i32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.mul(args[0], args[1])
-
-    return i32x8(a, b), codegen
 
 
 
@@ -222,5 +198,5 @@ def bit_bytes(typingctx, bits, value):
     return i32x8(bits, value), codegen
 
 
-__all__ = ["abs_bytes", "add_bytes", "bit_bytes", "byte_dot_isa", "dot4", "iload", "istore", "izero", "mul_i32",
+__all__ = ["abs_bytes", "bit_bytes", "byte_dot_isa", "dot4", "iload", "istore", "izero",
            "sign_bytes", "splat_i32", "target_features"]
