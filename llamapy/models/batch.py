@@ -46,8 +46,7 @@ class Batch:
             self.segments.append(Segment(cache, cache.n_past, start, start + n))
             start += n
         self.n_rows = start
-        lengths = np.array([s.n for s in self.segments], np.int64)
-        self._rows = (np.repeat(lengths, lengths), np.concatenate([np.arange(n) for n in lengths]))
+        self._rows = None
 
     @classmethod
     def single(cls, cache: KVCache, n: int) -> Batch:
@@ -56,7 +55,12 @@ class Batch:
     def rows(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Per row: its segment's length and its index in it, what batch-size-dependent kernel
         choices look at (None for one sequence: the whole batch is its chunk)."""
-        return self._rows if len(self.segments) > 1 else None
+        if len(self.segments) == 1:
+            return None
+        if self._rows is None:  # once per pass, and only for several sequences (not on one's hot path)
+            lengths = np.array([s.n for s in self.segments], np.int64)
+            self._rows = (np.repeat(lengths, lengths), np.concatenate([np.arange(n) for n in lengths]))
+        return self._rows
 
     def rope(self, tables, base: float) -> tuple[np.ndarray, np.ndarray]:
         """cos/sin rows for every row of x, each at its own sequence's position."""

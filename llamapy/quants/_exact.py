@@ -7,8 +7,8 @@ formats of the shipped models we reproduce ggml's arithmetic bit for bit: intege
 the same groups of elements per SIMD lane, one fused multiply-add per lane and block, and
 ggml's horizontal sum. Integer sums are carried in float32, which holds them exactly.
 
-Activations arrive pre-quantized as (q, d, extra): q the integer quants as float32 [n, k],
-d the per-block scale [n, k/block], extra the Q8_1 block sums or the Q8_K 16-element sums.
+Activations arrive pre-quantized as (q, d, extra): q the integer quants [n, k] (int8 for Q8_0/Q8_1,
+float32 for Q8_K), d the per-block scale [n, k/block], extra the Q8_1 block sums or the Q8_K 16-element sums.
 
 Speed: the kernels hold ggml's eight lanes in explicit 8-wide vectors (f32x8 from _bits.py),
 so they run as AVX2 code whatever numba's vectoriser makes of them, and keep both the weights
@@ -52,7 +52,7 @@ ROWS_PER_TASK = 16
 
 @njit(cache=True)
 def quantize_q8(x, q, d, s):
-    """x [n, k] → Q8_0/Q8_1 blocks of 32 as ggml's AVX2 quantize_row_q8_0/q8_1 make them.
+    """x [n, k] → Q8_0/Q8_1 blocks of 32 as ggml's AVX2 quantize_row_q8_0/q8_1 make them (q int8).
 
     Scales with 127/amax and rounds half to even; d is stored as float16, and s = d·Σq is taken
     with the unrounded d and then stored as float16 (Q4_1/Q5_1 use it for their min term).
@@ -67,9 +67,9 @@ def quantize_q8(x, q, d, s):
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             total = 0
             for j in range(32):
-                v = np.float32(np.rint(x[t, b * 32 + j] * inv))
+                v = int(np.rint(x[t, b * 32 + j] * inv))
                 q[t, b * 32 + j] = v
-                total += int(v)
+                total += v
             d[t, b] = round_f16(scale)
             s[t, b] = round_f16(scale * np.float32(total))
 

@@ -159,14 +159,14 @@ def is_exact(type_id: int) -> bool:
 
 
 class QuantizedActivations(NamedTuple):
-    """Activations as llama.cpp's 8-bit blocks: integer quants (float32), scales, and the extra
-    sums (Q8_1's d·Σq per 32, or Q8_K's Σq per 16). One set serves every weight of its family."""
+    """Activations as llama.cpp's 8-bit blocks: integer quants, scales, and the extra sums (Q8_1's
+    d·Σq per 32, or Q8_K's Σq per 16). One set serves every weight of its family."""
 
     super_blocks: bool  # Q8_K (for K-quants) rather than Q8_0/Q8_1
-    q: np.ndarray
+    q: np.ndarray  # the quants [n, k]: int8 for Q8_0/Q8_1; float32 for Q8_K (its batch kernels' input)
     d: np.ndarray
     extra: np.ndarray
-    # The quants as int8 bytes [n, k], and (Q8_0/Q8_1) their per-lane sums [n, k/4] (_int8.py).
+    # The quants as int8 bytes [n, k] (_int8.py's kernels), and for Q8_0/Q8_1 their lane sums [n, k/4].
     q8: np.ndarray | None = None
     lane_sums: np.ndarray | None = None
 
@@ -174,14 +174,15 @@ class QuantizedActivations(NamedTuple):
 def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
     """Quantize float32 activations [n, k] (C-contiguous) for products with `type_id` weights."""
     n, k = x.shape
-    q = np.empty((n, k), np.float32)
     if quant_type(type_id).exact == "k":
+        q = np.empty((n, k), np.float32)
         d, extra = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
         quantize_q8_k(x, q, d, extra)
         return QuantizedActivations(True, q, d, extra, q.astype(np.int8).view(np.uint8))
+    q = np.empty((n, k), np.int8)
     d, extra = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
     quantize_q8(x, q, d, extra)
-    q8 = q.astype(np.int8).view(np.uint8)
+    q8 = q.view(np.uint8)
     return QuantizedActivations(False, q, d, extra, q8, lane_sums(q8))
 
 
