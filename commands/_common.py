@@ -125,14 +125,19 @@ GpuLayers = Annotated[str | None, typer.Option("-ngl", "--n-gpu-layers", "--gpu-
                                                "backend yet.")]
 
 
+def warn_gpu_layers(n_gpu_layers) -> None:
+    """-ngl: accepted so that llama.cpp command lines paste, with one line saying it does nothing."""
+    if n_gpu_layers is not None:
+        print(f"warning: -ngl {n_gpu_layers} ignored: llamapy has no GPU backend yet, every layer runs on the CPU",
+              file=sys.stderr)
+
+
 def run_options(threads=None, threads_batch=None, ubatch=512, cache_type_k="f16", cache_type_v="f16",
                 flash_attn="auto", mlock=False, no_mmap=False, n_gpu_layers=None):
     """The RunOptions of a command line (a bad value is a one-line error); -ngl gets its one line."""
     from llamapy.options import RunOptions
 
-    if n_gpu_layers is not None:
-        print(f"warning: -ngl {n_gpu_layers} ignored: llamapy has no GPU backend yet, every layer runs on the CPU",
-              file=sys.stderr)
+    warn_gpu_layers(n_gpu_layers)
     return RunOptions(threads=threads if threads and threads > 0 else None, threads_batch=threads_batch,
                       n_ubatch=ubatch, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
                       flash_attn=str(flash_attn).lower(), use_mmap=not no_mmap, use_mlock=mlock)

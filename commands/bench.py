@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import Rpc, TensorSplit, fail, open_model, user_errors
+from ._common import Rpc, TensorSplit, fail, open_model, user_errors, warn_gpu_layers
 
 LIST_HELP = "List: 128,512 or a range such as 64-512*2; the flag may repeat."
 
@@ -85,9 +85,7 @@ def bench(
         return _batched(paths, _ints("-np", parallel, []), _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]),
                         _ints("-n", n_gen, [lb.DEFAULT_N_GEN]), batches[0] if n_batch else 512, thread_counts, reps,
                         not no_warmup, output, (rpc, tensor_split))
-    if n_gpu_layers is not None:
-        print(f"warning: -ngl {n_gpu_layers} ignored: llamapy has no GPU backend yet, every layer runs on the CPU",
-              file=sys.stderr)
+    warn_gpu_layers(n_gpu_layers)
     sweeps = _sweeps(ubatch, threads_batch, cache_type_k, cache_type_v, flash_attn, mmap,
                      numba.config.NUMBA_NUM_THREADS)
     tests = lb.plan(paths, _ints("-p", n_prompt, [lb.DEFAULT_N_PROMPT]), _ints("-n", n_gen, [lb.DEFAULT_N_GEN]),

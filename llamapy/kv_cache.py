@@ -44,6 +44,13 @@ def cache_type(name: str) -> CacheType:
     return t
 
 
+def check_attention(type_v: str, flash_attn: bool) -> None:
+    """A quantized V cache is read only by flash attention, as in llama.cpp."""
+    if cache_type(type_v).block and not flash_attn:
+        raise ValueError(f"a {cache_type(type_v).name} V cache (-ctv) needs flash attention (-fa on or auto), "
+                         "as in llama.cpp")
+
+
 class _Cells:
     """One layer's keys or values in a storage type: cells [n_ctx, heads, d / per_cell] + scales."""
 
@@ -105,9 +112,7 @@ class KVCache:
         # A pipeline stage holds only layers first_layer .. first_layer + n_layer - 1.
         self.first_layer = first_layer
         self.type_k, self.type_v = cache_type(type_k), cache_type(type_v)
-        if self.type_v.block and not flash_attn:
-            raise ValueError(f"a {self.type_v.name} V cache (-ctv) needs flash attention (-fa on or auto), "
-                             "as in llama.cpp")
+        check_attention(self.type_v.name, flash_attn)
         self.k = [_Cells(self.type_k, n_ctx, n_head_kv, head_dim) for _ in range(n_layer)]
         self.v = [_Cells(self.type_v, n_ctx, n_head_kv, head_dim_v) for _ in range(n_layer)]
         self.n_past = 0

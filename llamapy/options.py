@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .kv_cache import cache_type
+from .kv_cache import cache_type, check_attention
 
 FLASH_ATTN = ("on", "off", "auto")
 
@@ -38,9 +38,7 @@ class RunOptions:
         cache_type(self.cache_type_v)
         if self.flash_attn not in FLASH_ATTN:
             raise ValueError(f"-fa takes on, off or auto, not {self.flash_attn!r}")
-        if self.flash_attn == "off" and cache_type(self.cache_type_v).block:
-            raise ValueError(f"a {self.cache_type_v} V cache (-ctv) needs flash attention (-fa on or auto), "
-                             "as in llama.cpp")
+        check_attention(self.cache_type_v, self.flash)
 
     @property
     def flash(self) -> bool:
