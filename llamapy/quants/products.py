@@ -15,15 +15,10 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from ._exact import (
-    dot_q4_k,
-    dot_q6_k,
-    dot_q6_k_tiled,
-    quantize_q8,
-    quantize_q8_k,
-)
+from ._exact import quantize_q8, quantize_q8_k
 from ._inputs import float_rows, packed_rows, read_only
 from ._int8 import dot_q32_int8, lane_sums, matvec_q4_k_int8, matvec_q6_k_int8, matvec_q32_int8
+from ._int8_k import dot_q4_k_int8, dot_q6_k_int8
 from ._kernels import block_mins, decode_rows, product_kernel
 from .activations import quantize_activations
 from .types import Q4_K, Q6_K, quant_type
@@ -163,10 +158,11 @@ class QuantizedActivations(NamedTuple):
     d·Σq per 32, or Q8_K's Σq per 16). One set serves every weight of its family."""
 
     super_blocks: bool  # Q8_K (for K-quants) rather than Q8_0/Q8_1
-    q: np.ndarray  # the quants [n, k]: int8 for Q8_0/Q8_1; float32 for Q8_K (its batch kernels' input)
+    q: np.ndarray  # the int8 quants [n, k]
     d: np.ndarray
-    extra: np.ndarray
-    # The quants as int8 bytes [n, k] (_int8.py's kernels), and for Q8_0/Q8_1 their lane sums [n, k/4].
+    extra: np.ndarray  # float32: Q8_1's d·Σq per 32, or Q8_K's Σq per 16
+    # The quants as bytes [n, k] (a uint8 view of q: the byte dot products' input), and for
+    # Q8_0/Q8_1 their lane sums [n, k/4].
     q8: np.ndarray | None = None
     lane_sums: np.ndarray | None = None
 
@@ -175,10 +171,10 @@ def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
     """Quantize float32 activations [n, k] (C-contiguous) for products with `type_id` weights."""
     n, k = x.shape
     if quant_type(type_id).exact == "k":
-        q = np.empty((n, k), np.float32)
+        q = np.empty((n, k), np.int8)
         d, extra = np.empty((n, k // 256), np.float32), np.empty((n, k // 16), np.float32)
         quantize_q8_k(x, q, d, extra)
-        return QuantizedActivations(True, q, d, extra, q.astype(np.int8).view(np.uint8))
+        return QuantizedActivations(True, q, d, extra, q.view(np.uint8))
     q = np.empty((n, k), np.int8)
     d, extra = np.empty((n, k // 32), np.float32), np.empty((n, k // 32), np.float32)
     quantize_q8(x, q, d, extra)
@@ -233,13 +229,13 @@ def _product(rows, type_id, act: QuantizedActivations, tiled: bool, gemm_rows: i
     if type_id == Q4_K and n == 1 and gemm_rows == 0:
         matvec_q4_k_int8(rows, act.q8[0], act.d[0], act.extra[0], out[0])
     elif type_id == Q4_K:
-        dot_q4_k(rows, act.q, act.d, act.extra, out, gemm_rows)
+        dot_q4_k_int8(rows, act.q8, act.d, act.extra, out, gemm_rows)
     elif type_id == Q6_K and n == 1:
         matvec_q6_k_int8(rows, act.q8[0], act.d[0], act.extra[0], out[0])
     elif type_id == Q6_K and tiled:
-        dot_q6_k_tiled(rows, act.q, act.d, out)
+        dot_q6_k_int8(rows, act.q8, act.d, act.extra, out, True)
     elif type_id == Q6_K:
-        dot_q6_k(rows, act.q, act.d, act.extra, out)
+        dot_q6_k_int8(rows, act.q8, act.d, act.extra, out, False)
     elif n == 1:
         matvec_q32_int8(rows, type_id, act.q8[0], act.d[0], act.extra[0], act.lane_sums[0], out[0])
     else:
