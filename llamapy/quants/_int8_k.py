@@ -11,21 +11,36 @@ element order) and runs the tokens over them four at a time, as _int8.dot_q32_in
 - Q4_K (ggml's repacked 8x8 gemm and gemv): per token and superblock, the eight sub-block dots
   (quants 0..15 against the activation bytes) are reduced to one vector, scaled by the sub-block
   scales, and paired: [Σ scale·dot, Σ min·bsum] per pair of sub-blocks, exact integers; then
-  _exact._q4_k_add (one fma per pair for the gemm tokens, one per superblock for the gemv ones).
+  _exact._q4_k_add's arithmetic (one fma per pair for the gemm tokens, four tokens side by side
+  in one vector; one per superblock for the gemv ones).
 - Q6_K under 8 tokens (ggml_vec_dot_q6_K_q8_K): per lane, Σ scale·(lane dot of quants 0..63) over
   vectors 0-3 and 4-7, less 32·bsums·scales, then one fma per lane and superblock.
 - Q6_K from 8 tokens (ggml's tiled K-quant matmul): per superblock the whole integer
-  Σ scale·(q - 32)·x, rounded to float32 once, times d, then one fma with d_x.
+  Σ scale·(q - 32)·x, rounded to float32 once, times d, then one fma with d_x (four tokens in one vector).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ._bits import fma32, i32x8, load_words, reduce_add, vfloat, vfma, vint, vload, vsplat, vzero
+from ._bits import (
+    f32x8,
+    fma32,
+    i32x8,
+    lane,
+    load_words,
+    reduce_add,
+    vfloat,
+    vfma,
+    vint,
+    vload,
+    vpair,
+    vsplat,
+    vzero,
+)
 from ._exact import (
     ROWS_PER_TASK,
     _half,
@@ -71,6 +86,44 @@ ipair_sums = _pairwise_i32("ipair_sums", [0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 
                            "[a0+a1, a2+a3, a4+a5, a6+a7, b0+b1, b2+b3, b4+b5, b6+b7].")
 iadd_halves = _pairwise_i32("iadd_halves", [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15],
                             "[lo(a) + hi(a), lo(b) + hi(b)]: the 128-bit halves of a, and of b, added.")
+
+
+def _shuffle_i32(name, mask, doc):
+    """An intrinsic f(a, b) = shuffle(a, b, mask) on int32 lanes (b's lanes numbered 8..15)."""
+
+    def typer(typingctx, a, b):
+        if not (a == i32x8 and b == i32x8):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.shuffle_vector(args[0], args[1], _mask(mask))
+
+        return i32x8(a, b), codegen
+
+    typer.__name__, typer.__doc__ = name, doc
+    return intrinsic(typer)
+
+
+unpack_lo32 = _shuffle_i32("unpack_lo32", [0, 8, 1, 9, 4, 12, 5, 13], "_mm256_unpacklo_epi32")
+unpack_hi32 = _shuffle_i32("unpack_hi32", [2, 10, 3, 11, 6, 14, 7, 15], "_mm256_unpackhi_epi32")
+unpack_lo64 = _shuffle_i32("unpack_lo64", [0, 1, 8, 9, 4, 5, 12, 13], "_mm256_unpacklo_epi64")
+unpack_hi64 = _shuffle_i32("unpack_hi64", [2, 3, 10, 11, 6, 7, 14, 15], "_mm256_unpackhi_epi64")
+
+
+@intrinsic
+def load4x2(typingctx, arr, i):
+    """[arr[i:i+4], arr[i:i+4]] of a contiguous float32 vector (no bounds check)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1 and arr.layout == "C"
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        four = builder.load(builder.bitcast(ptr, ir.VectorType(ir.FloatType(), 4).as_pointer()), align=4)
+        return builder.shuffle_vector(four, four, _mask([0, 1, 2, 3, 0, 1, 2, 3]))
+
+    return f32x8(arr, i), codegen
 
 
 @intrinsic
@@ -128,40 +181,44 @@ def _decode_q4_k(row, nb, wq, wo, wsc, wmn, so, wd, wdmin, i):
 
 
 @njit(cache=True, inline="always")
-def _q4_k_sums(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo, sc, mn, bs):
-    """_exact's [Σ scale·dot of sub-block pairs 0-1 .. 6-7, Σ min·bsum of the same pairs] as
-    float32 lanes, from the eight decoded sub-blocks w0..w7 and the activation bytes at xflat[xo:]."""
+def _q4_k_dots(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo, sc, mn, bs):
+    """[Σ scale·dot of sub-block pairs 0-1 .. 6-7, Σ min·bsum of the same pairs], exact int32, from
+    the eight decoded sub-blocks w0..w7 and the activation bytes at xflat[xo:]."""
     dots = _reduce8(dot4(izero(), w0, load_words(xflat, xo)), dot4(izero(), w1, load_words(xflat, xo + 32)),
                     dot4(izero(), w2, load_words(xflat, xo + 64)), dot4(izero(), w3, load_words(xflat, xo + 96)),
                     dot4(izero(), w4, load_words(xflat, xo + 128)), dot4(izero(), w5, load_words(xflat, xo + 160)),
                     dot4(izero(), w6, load_words(xflat, xo + 192)), dot4(izero(), w7, load_words(xflat, xo + 224)))
-    return vfloat(ipair_sums(imul(dots, sc), imul(mn, bs)))
+    return ipair_sums(imul(dots, sc), imul(mn, bs))
 
 
 @njit(cache=True, inline="always")
-def _q4_k_x4(wq, wo, wsc, wmn, so, wd, wdmin, i, xflat, xd, bflat, t, k, out, r):
-    """out[t:t+4, r] for four gemm tokens from decoded row i, its bytes loaded once for the four."""
+def _q4_k_x4(wq, wo, wsc, wmn, so, wd, wdmin, i, xflat, xdt, bflat, t, k, out, r):
+    """out[t:t+4, r] for four gemm tokens from decoded row i, its bytes loaded once for the four.
+
+    _q4_k_add's gemm arithmetic for the four side by side: lanes 0-3 the tokens' sums, lanes 4-7
+    their mins, one vector fma per pair of sub-blocks (each lane the scalar fma it stands for)."""
     nb = wd.shape[1]
-    c0 = c1 = c2 = c3 = m0 = m1 = m2 = m3 = np.float32(0.0)
+    acc = vzero()
+    g = k // 32
     for b in range(nb):
         e = wo + 64 * b
         w0, w1, w2, w3 = iload(wq, e), iload(wq, e + 8), iload(wq, e + 16), iload(wq, e + 24)
         w4, w5, w6, w7 = iload(wq, e + 32), iload(wq, e + 40), iload(wq, e + 48), iload(wq, e + 56)
         sc, mn = iload(wsc, so + 8 * b), iload(wmn, so + 8 * b)
-        d, dmin = wd[i, b], wdmin[i, b]
-        xo, bo = t * k + 256 * b, t * (k // 32) + 8 * b
-        s0 = _q4_k_sums(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo, sc, mn, iload(bflat, bo))
-        c0, m0 = _q4_k_add(s0, d * xd[t, b], dmin * xd[t, b], c0, m0, True)
-        s1 = _q4_k_sums(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo + k, sc, mn, iload(bflat, bo + k // 32))
-        c1, m1 = _q4_k_add(s1, d * xd[t + 1, b], dmin * xd[t + 1, b], c1, m1, True)
-        s2 = _q4_k_sums(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo + 2 * k, sc, mn, iload(bflat, bo + 2 * (k // 32)))
-        c2, m2 = _q4_k_add(s2, d * xd[t + 2, b], dmin * xd[t + 2, b], c2, m2, True)
-        s3 = _q4_k_sums(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo + 3 * k, sc, mn, iload(bflat, bo + 3 * (k // 32)))
-        c3, m3 = _q4_k_add(s3, d * xd[t + 3, b], dmin * xd[t + 3, b], c3, m3, True)
-    out[t, r] = c0 - m0
-    out[t + 1, r] = c1 - m1
-    out[t + 2, r] = c2 - m2
-    out[t + 3, r] = c3 - m3
+        xo, bo = t * k + 256 * b, t * g + 8 * b
+        p0 = _q4_k_dots(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo, sc, mn, iload(bflat, bo))
+        p1 = _q4_k_dots(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo + k, sc, mn, iload(bflat, bo + g))
+        p2 = _q4_k_dots(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo + 2 * k, sc, mn, iload(bflat, bo + 2 * g))
+        p3 = _q4_k_dots(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo + 3 * k, sc, mn, iload(bflat, bo + 3 * g))
+        # transposed within each half: pair p of the four tokens' sums, then of their mins
+        a01, a23, b01, b23 = unpack_lo32(p0, p1), unpack_lo32(p2, p3), unpack_hi32(p0, p1), unpack_hi32(p2, p3)
+        scale = vpair(wd[i, b], wdmin[i, b]) * load4x2(xdt[b], t)  # d·x_d and dmin·x_d per token
+        acc = vfma(vfloat(unpack_lo64(a01, a23)), scale, acc)
+        acc = vfma(vfloat(unpack_hi64(a01, a23)), scale, acc)
+        acc = vfma(vfloat(unpack_lo64(b01, b23)), scale, acc)
+        acc = vfma(vfloat(unpack_hi64(b01, b23)), scale, acc)
+    for u in range(4):
+        out[t + u, r] = lane(acc, u) - lane(acc, 4 + u)
 
 
 @njit(cache=True, inline="always")
@@ -171,11 +228,11 @@ def _q4_k_x1(wq, wo, wsc, wmn, so, wd, wdmin, i, xflat, xd, bflat, t, k, out, r)
     acc = acc_min = np.float32(0.0)
     for b in range(nb):
         e = wo + 64 * b
-        sums = _q4_k_sums(iload(wq, e), iload(wq, e + 8), iload(wq, e + 16), iload(wq, e + 24),
+        sums = _q4_k_dots(iload(wq, e), iload(wq, e + 8), iload(wq, e + 16), iload(wq, e + 24),
                           iload(wq, e + 32), iload(wq, e + 40), iload(wq, e + 48), iload(wq, e + 56),
                           xflat, t * k + 256 * b, iload(wsc, so + 8 * b), iload(wmn, so + 8 * b),
                           iload(bflat, t * (k // 32) + 8 * b))
-        acc, acc_min = _q4_k_add(sums, wd[i, b] * xd[t, b], wdmin[i, b] * xd[t, b], acc, acc_min, False)
+        acc, acc_min = _q4_k_add(vfloat(sums), wd[i, b] * xd[t, b], wdmin[i, b] * xd[t, b], acc, acc_min, False)
     out[t, r] = acc - acc_min
 
 
@@ -189,6 +246,7 @@ def dot_q4_k_int8(raw, xb, xd, xbs, out, gemv_from):
     nb = k // 256
     xflat = xb.reshape(-1)
     bflat = _q4_k_bsums(xbs).reshape(-1)
+    xdt = np.ascontiguousarray(xd.T)  # [nb, n]: four tokens' x_d in one load
     tasks, parts = _parts(rows)
     for part in prange(parts):
         wq = np.empty(ROWS_PER_TASK * (k // 4), np.int32)
@@ -203,7 +261,7 @@ def dot_q4_k_int8(raw, xb, xd, xbs, out, gemv_from):
                 _decode_q4_k(raw[r0 + i], nb, wq, i * (k // 4), wsc, wmn, i * nb * 8, wd, wdmin, i)
             for t in range(0, gemv_from, 4):
                 for i in range(count):
-                    _q4_k_x4(wq, i * (k // 4), wsc, wmn, i * nb * 8, wd, wdmin, i, xflat, xd, bflat, t, k,
+                    _q4_k_x4(wq, i * (k // 4), wsc, wmn, i * nb * 8, wd, wdmin, i, xflat, xdt, bflat, t, k,
                              out, r0 + i)
             for t in range(gemv_from, n):
                 for i in range(count):
@@ -258,11 +316,12 @@ def _q6_k_x1(wq, wo, wsp, po, wsc, wd, i, xflat, xd, xbs, t, k, out, r):
 
 
 @njit(cache=True, inline="always")
-def _tiled_sum(wq, wsp, e, p, xflat, xo, sc_lo, sc_hi, bflat, bo):
-    """Σ scale·(q - 32)·x over one superblock: Σ scale·q·x less 32·Σ scale·bsum, exact int32."""
+def _tiled_lanes(wq, wsp, e, p, xflat, xo, sc_lo, sc_hi, bflat, bo):
+    """Lanes whose sum is Σ scale·(q - 32)·x over one superblock: Σ scale·q·x less
+    32·Σ scale·bsum, exact int32."""
     h = _q6_k_scaled(wq, wsp, e, p, xflat, xo) + _q6_k_scaled(wq, wsp, e + 32, p + 32, xflat, xo + 128)
     off = imul(sc_lo, iload(bflat, bo)) + imul(sc_hi, iload(bflat, bo + 8))
-    return reduce_add(h - (off << 5))
+    return h - (off << 5)
 
 
 @njit(cache=True, inline="always")
@@ -272,24 +331,22 @@ def _tiled_add(total, d, xd, acc):
 
 
 @njit(cache=True, inline="always")
-def _q6_k_tiled_x4(wq, wo, wsp, po, wsi, so, wd, i, xflat, xd, bflat, t, k, out, r):
-    """out[t:t+4, r] from decoded row i."""
-    a0 = a1 = a2 = a3 = np.float32(0.0)
+def _q6_k_tiled_x4(wq, wo, wsp, po, wsi, so, wd, i, xflat, xdt, bflat, t, k, out, r):
+    """out[t:t+4, r] from decoded row i: _tiled_add for the four tokens side by side in lanes 0-3."""
+    acc = vzero()
     g = k // 16
     for b in range(wd.shape[1]):
         e, p, xo, bo = wo + 64 * b, po + 64 * b, t * k + 256 * b, t * g + 16 * b
         sc_lo, sc_hi = iload(wsi, so + 16 * b), iload(wsi, so + 16 * b + 8)
-        d = wd[i, b]
-        a0 = _tiled_add(_tiled_sum(wq, wsp, e, p, xflat, xo, sc_lo, sc_hi, bflat, bo), d, xd[t, b], a0)
-        a1 = _tiled_add(_tiled_sum(wq, wsp, e, p, xflat, xo + k, sc_lo, sc_hi, bflat, bo + g), d, xd[t + 1, b], a1)
-        a2 = _tiled_add(_tiled_sum(wq, wsp, e, p, xflat, xo + 2 * k, sc_lo, sc_hi, bflat, bo + 2 * g), d,
-                        xd[t + 2, b], a2)
-        a3 = _tiled_add(_tiled_sum(wq, wsp, e, p, xflat, xo + 3 * k, sc_lo, sc_hi, bflat, bo + 3 * g), d,
-                        xd[t + 3, b], a3)
-    out[t, r] = a0
-    out[t + 1, r] = a1
-    out[t + 2, r] = a2
-    out[t + 3, r] = a3
+        h0 = _tiled_lanes(wq, wsp, e, p, xflat, xo, sc_lo, sc_hi, bflat, bo)
+        h1 = _tiled_lanes(wq, wsp, e, p, xflat, xo + k, sc_lo, sc_hi, bflat, bo + g)
+        h2 = _tiled_lanes(wq, wsp, e, p, xflat, xo + 2 * k, sc_lo, sc_hi, bflat, bo + 2 * g)
+        h3 = _tiled_lanes(wq, wsp, e, p, xflat, xo + 3 * k, sc_lo, sc_hi, bflat, bo + 3 * g)
+        halves = ihadd(ihadd(h0, h1), ihadd(h2, h3))  # [each token's lanes 0-3 summed, then lanes 4-7]
+        totals = vfloat(iadd_halves(halves, halves))  # lane u: token t+u's total (lanes 4-7 again)
+        acc = vfma(vsplat(wd[i, b]) * totals, load4x2(xdt[b], t), acc)
+    for u in range(4):
+        out[t + u, r] = lane(acc, u)
 
 
 @njit(cache=True, inline="always")
@@ -297,9 +354,9 @@ def _q6_k_tiled_x1(wq, wo, wsp, po, wsi, so, wd, i, xflat, xd, bflat, t, k, out,
     acc = np.float32(0.0)
     g = k // 16
     for b in range(wd.shape[1]):
-        total = _tiled_sum(wq, wsp, wo + 64 * b, po + 64 * b, xflat, t * k + 256 * b,
-                           iload(wsi, so + 16 * b), iload(wsi, so + 16 * b + 8), bflat, t * g + 16 * b)
-        acc = _tiled_add(total, wd[i, b], xd[t, b], acc)
+        h = _tiled_lanes(wq, wsp, wo + 64 * b, po + 64 * b, xflat, t * k + 256 * b,
+                         iload(wsi, so + 16 * b), iload(wsi, so + 16 * b + 8), bflat, t * g + 16 * b)
+        acc = _tiled_add(reduce_add(h), wd[i, b], xd[t, b], acc)
     out[t, r] = acc
 
 
@@ -313,6 +370,7 @@ def dot_q6_k_int8(raw, xb, xd, xbs, out, tiled):
     nb = k // 256
     xflat = xb.reshape(-1)
     bflat = _int_bsums(xbs).reshape(-1)
+    xdt = np.ascontiguousarray(xd.T)
     tasks, parts = _parts(rows)
     for part in prange(parts):
         wq = np.empty(ROWS_PER_TASK * (k // 4), np.int32)
@@ -334,7 +392,7 @@ def dot_q6_k_int8(raw, xb, xd, xbs, out, tiled):
                 continue
             for t in range(0, n - n % 4, 4):
                 for i in range(count):
-                    _q6_k_tiled_x4(wq, i * (k // 4), wsp, i * nb * 64, wsi, i * nb * 16, wd, i, xflat, xd, bflat,
+                    _q6_k_tiled_x4(wq, i * (k // 4), wsp, i * nb * 64, wsi, i * nb * 16, wd, i, xflat, xdt, bflat,
                                    t, k, out, r0 + i)
             for t in range(n - n % 4, n):
                 for i in range(count):
