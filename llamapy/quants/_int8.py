@@ -40,11 +40,25 @@ from ._exact import (
     _q6_k_offsets,
     _q6_k_scales,
 )
-from ._isa import abs_bytes, bit_bytes, dot4, iload, istore, izero, sign_bytes, splat_i32
+from ._isa import abs_bytes, bit_bytes, dot4, iload, istore, izero, prefetch, sign_bytes, splat_i32
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 _LOW_NIBBLES = 0x0F0F0F0F
 _ONES = 0x01010101
+
+# One-token products stream each weight once from memory. The hardware prefetcher alone left a
+# core at 7-8 GB/s; asking for the rows one task (16 rows) ahead of the ones being summed measured
+# 1.6x faster on SmolLM2's layers (6.8 -> 11 GB/s on one thread, 11.5 -> 18 on two).
+PREFETCH_ROWS = ROWS_PER_TASK
+
+
+@njit(cache=True, inline="always")
+def _prefetch_rows(raw, first, count):
+    """Hint the cache lines of rows first .. first+count-1 (clipped to the matrix)."""
+    flat = raw.reshape(-1)
+    width = raw.shape[1]
+    for p in range(first * width, min(flat.shape[0], (first + count) * width), 64):
+        prefetch(flat, p)
 
 
 @njit(cache=True)
@@ -120,6 +134,7 @@ def _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb):
     keep the float pipes busy where one row's chain would wait on each multiply-add's latency."""
     with_min = type_id == Q4_1 or type_id == Q5_1
     while r + 4 <= end:
+        _prefetch_rows(raw, r + PREFETCH_ROWS, 4)
         ra, rb, rc, rd = raw[r], raw[r + 1], raw[r + 2], raw[r + 3]
         a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
         m0 = m1 = m2 = m3 = np.float32(0.0)
@@ -164,7 +179,7 @@ def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
         elif type_id == Q5_1:
             _rows_x4(raw, Q5_1, xb, xd, xs, xsum, out, r, end, nb)
         else:
-            for row in range(r, end):
+            for row in range(r, end):  # no prefetch: Q8_0's one-row loop measured slower with it
                 out[row] = _row_dot(raw[row], Q8_0, xb, xd, xs, xsum, nb)
     return out
 
@@ -282,6 +297,7 @@ def matvec_q4_k_int8(raw, xb, xd, xbs, out):
     nb = xb.shape[0] // 256
     for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            _prefetch_rows(raw, r + PREFETCH_ROWS, 1)
             row = raw[r]
             acc = np.float32(0.0)
             acc_min = np.float32(0.0)
@@ -316,6 +332,7 @@ def matvec_q6_k_int8(raw, xb, xd, xbs, out):
     nb = xb.shape[0] // 256
     for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+            _prefetch_rows(raw, r + PREFETCH_ROWS, 1)
             row = raw[r]
             acc = vzero()
             for b in range(nb):

@@ -198,5 +198,23 @@ def bit_bytes(typingctx, bits, value):
     return i32x8(bits, value), codegen
 
 
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """Ask for the cache line holding byte `off` of a contiguous array (a hint: never faults)."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        byte_ptr = ir.IntType(8).as_pointer()
+        ptr = builder.gep(builder.bitcast(ary.data, byte_ptr), [context.cast(builder, args[1], sig.args[1], types.intp)])
+        # read, high locality (keep it in every level), data cache
+        _call(builder, "llvm.prefetch.p0i8", ir.VoidType(),
+              [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, off), codegen
+
+
 __all__ = ["abs_bytes", "bit_bytes", "byte_dot_isa", "dot4", "iload", "istore", "izero",
-           "sign_bytes", "splat_i32", "target_features"]
+           "prefetch", "sign_bytes", "splat_i32", "target_features"]
