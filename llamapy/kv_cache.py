@@ -143,6 +143,12 @@ class KVCache:
             return (*self.k[i].floats(n_filled), *self.v[i].floats(n_filled))
         return (*self.k[i].view(n_filled), *self.v[i].view(n_filled))
 
+    def layer_arrays(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(key cells, key scales, value cells, value scales) of one layer, every position: what a
+        kernel that writes and reads the cache itself takes."""
+        i = layer - self.first_layer
+        return self.k[i].cells, self.k[i].scales, self.v[i].cells, self.v[i].scales
+
     def trim(self, n: int) -> None:
         """Forget every cached position from n on (llama_memory_seq_rm(seq, n, -1))."""
         if n < 0:

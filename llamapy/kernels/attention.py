@@ -34,10 +34,16 @@ def attention(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out,
         if k_cache.dtype != np.float32 or v_cache.dtype != np.float32:
             raise TypeError("batches of 64 queries or more read the cache decoded to float32 (KVCache.view as_float)")
         return _attention_tiled(q, _keys_by_dim(k_cache), v_cache, pos0, window, scale, out)
-    n_kv = min(_pad(max(n_ctx, 1)), max(KV_PAD, _pad(pos0 + n)))
-    split = n == 1 and n_kv >= SPLIT_KV_MIN
     kernel = _attention_parallel if n > 1 else _attention_serial
-    return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out, n_kv if split else 0)
+    return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out,
+                  split_cells(pos0, n_ctx) if n == 1 else 0)
+
+
+def split_cells(pos0: int, n_ctx: int) -> int:
+    """For one query at pos0: the cells its keys are split over as llama.cpp splits them (the KV
+    view it would take), or 0 when that view is too short to split."""
+    n_kv = min(_pad(max(n_ctx, 1)), max(KV_PAD, _pad(pos0 + 1)))
+    return n_kv if n_kv >= SPLIT_KV_MIN else 0
 
 
 def _keys_by_dim(k):

@@ -74,3 +74,29 @@ def quantize_cells_q4_0(x, cells, scales):
                     hi = min(15, int(x[t, h, 32 * b + 16 + j] * inv + np.float32(8.5)))
                     cells[t, h, 16 * b + j] = np.uint8(lo | (hi << 4))
                 scales[t, h, b] = f16_bits(scale)
+
+
+def kv_store(cells, scales, pos, x):
+    """cells[pos] = x [1, heads, d] in the cells' storage type (numba uses the overload below)."""
+    raise NotImplementedError("kv_store runs inside numba kernels only")
+
+
+@overload(kv_store, inline="always")
+def _kv_store(cells, scales, pos, x):
+    dtype = cells.dtype
+    if dtype == types.float32:
+        def f32(cells, scales, pos, x):
+            cells[pos] = x[0]
+        return f32
+    if dtype == types.uint16:
+        def f16(cells, scales, pos, x):
+            heads, d = x.shape[1], x.shape[2]
+            for h in range(heads):
+                for i in range(d):
+                    cells[pos, h, i] = f16_bits(x[0, h, i])
+        return f16
+    if dtype == types.int8:
+        return lambda cells, scales, pos, x: quantize_cells_q8_0(x, cells[pos:pos + 1], scales[pos:pos + 1])
+    if dtype == types.uint8:
+        return lambda cells, scales, pos, x: quantize_cells_q4_0(x, cells[pos:pos + 1], scales[pos:pos + 1])
+    return None

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..gguf.reader import GGUFFile
 from ..kernels.activations import geglu, swiglu
-from ..kernels.attention import attention, attention_plain
+from ..kernels.attention import attention, attention_plain, split_cells
+from ..kernels.decode import ACT_GELU, ACT_SILU, attention_token, feed_forward_token
 from ..kernels.norm import rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from ..quants import get_rows, linear
@@ -103,6 +104,19 @@ class Weights:
         return info
 
 
+_EMPTY = np.empty(0, np.float32)
+
+
+def one_token(batch: Batch) -> bool:
+    return len(batch.segments) == 1 and batch.segments[0].n == 1
+
+
+def fusable(*weights: Linear) -> bool:
+    """Whether a block's one-token pass can run in one call (kernels/decode.py): exact products
+    only, and no imatrix observer waiting to see each product's input."""
+    return Linear.observer is None and all(w.exact for w in weights)
+
+
 def norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return rms_norm(x, weight, eps, np.empty_like(x))
 
@@ -129,6 +143,9 @@ class AttentionLayer:
 
     def __call__(self, x: np.ndarray, batch: Batch, layer: int, rope: tuple, scale: float,
                  q_prescale: float = 1.0) -> np.ndarray:
+        cache = batch.segments[0].cache
+        if one_token(batch) and cache.flash_attn and fusable(self.wq, self.wk, self.wv, self.wo):
+            return self._token(x, batch.segments[0].pos0, cache, layer, rope, scale, q_prescale)
         n = x.shape[0]
         act = self.wq.quantize(x)
         q, k, v = self.wq(x, act, batch), self.wk(x, act, batch), self.wv(x, act, batch)
@@ -157,6 +174,19 @@ class AttentionLayer:
                                 out[s.start:s.stop])
         return self.wo(out.reshape(n, -1), batch=batch)
 
+    def _token(self, x, pos, cache, layer, rope, scale, q_prescale):
+        """The same block for one token, in one numba call (kernels/decode.py)."""
+        empty = _EMPTY
+        biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (empty,) * 3
+        norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (empty,) * 2
+        cos, sin = rope
+        return attention_token(
+            x, self.wq.rows, self.wq.type_id, self.wk.rows, self.wk.type_id, self.wv.rows, self.wv.type_id,
+            self.wo.rows, self.wo.type_id, biases, norms, np.float32(self.norm_eps),
+            (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v), cos, sin, self.rope_mode,
+            float(q_prescale), cache.layer_arrays(layer), pos, self.window, float(scale),
+            split_cells(pos, cache.n_ctx))
+
 
 @dataclass
 class FeedForward:
@@ -166,6 +196,10 @@ class FeedForward:
     activation: str = "silu"  # "silu" → SwiGLU, "gelu" → GeGLU
 
     def __call__(self, x: np.ndarray, batch: Batch | None = None) -> np.ndarray:
+        if (batch is None or one_token(batch)) and x.shape[0] == 1 and fusable(self.gate, self.up, self.down):
+            return feed_forward_token(x, self.gate.rows, self.gate.type_id, self.up.rows, self.up.type_id,
+                                      self.down.rows, self.down.type_id,
+                                      ACT_SILU if self.activation == "silu" else ACT_GELU)
         gated = swiglu if self.activation == "silu" else geglu
         act = self.gate.quantize(x)
         return self.down(gated(self.gate(x, act, batch), self.up(x, act, batch)), batch=batch)
