@@ -8,9 +8,9 @@ V sum in float16 with an online softmax; larger batches (tiled) keep Q and the s
 import numpy as np
 from numba import njit, prange
 
-from ..quants._bits import fma32, round_f16, vfma, vload, vsplat, vstore, vzero
+from ..quants._bits import fma32, lane, round_f16, vadd, vfma, vload, vmul, vsplat, vstore, vzero
 from .activations import ggml_expf
-from .kv_access import kv_value
+from .kv_access import kv_value, kv_vector, round_f16x8
 
 FA_TILE_Q = 64  # ggml's query tile: from this batch size on it takes the float32 tiled path
 FA_TILE_KV = 64  # keys per tile in that path (_attend_tiled_by_dim holds them as eight 8-lane vectors)
@@ -167,18 +167,34 @@ def _attention_serial(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, spl
 
 
 @njit(cache=True, inline="always")
-def _dot_f16_order(qv, k_cache, ks, j, kh, acc):
-    """q·k summed as ggml_vec_dot_f16 does on AVX2: 4×8 fused lanes over steps of 32, then its reduce."""
-    d = qv.shape[0]
-    acc[:] = 0.0
-    for i in range(0, d, 32):
-        for m in range(32):
-            acc[m] = fma32(qv[i + m], kv_value(k_cache, ks, j, kh, i + m), acc[m])
-    t0 = ((acc[0] + acc[16]) + (acc[8] + acc[24])) + ((acc[4] + acc[20]) + (acc[12] + acc[28]))
-    t1 = ((acc[1] + acc[17]) + (acc[9] + acc[25])) + ((acc[5] + acc[21]) + (acc[13] + acc[29]))
-    t2 = ((acc[2] + acc[18]) + (acc[10] + acc[26])) + ((acc[6] + acc[22]) + (acc[14] + acc[30]))
-    t3 = ((acc[3] + acc[19]) + (acc[11] + acc[27])) + ((acc[7] + acc[23]) + (acc[15] + acc[31]))
-    return (t0 + t1) + (t2 + t3)
+def _dot_f16_order(qv, k_cache, ks, j, kh):
+    """q·k summed as ggml_vec_dot_f16 does on AVX2: four 8-lane fused accumulators over steps of 32,
+    then its reduce (the four added pairwise, then the halves, then the last four lanes)."""
+    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
+    for i in range(0, qv.shape[0], 32):
+        a0 = vfma(vload(qv, i), kv_vector(k_cache, ks, j, kh, i), a0)
+        a1 = vfma(vload(qv, i + 8), kv_vector(k_cache, ks, j, kh, i + 8), a1)
+        a2 = vfma(vload(qv, i + 16), kv_vector(k_cache, ks, j, kh, i + 16), a2)
+        a3 = vfma(vload(qv, i + 24), kv_vector(k_cache, ks, j, kh, i + 24), a3)
+    p = vadd(vadd(a0, a2), vadd(a1, a3))
+    return ((lane(p, 0) + lane(p, 4)) + (lane(p, 1) + lane(p, 5))) + ((lane(p, 2) + lane(p, 6))
+                                                                    + (lane(p, 3) + lane(p, 7)))
+
+
+@njit(cache=True, inline="always")
+def _rescale_f16(acc, rescale):
+    """acc *= rescale, each value rounded to float16 (ggml's float16 accumulator)."""
+    r = vsplat(rescale)
+    for c in range(0, acc.shape[0], 8):
+        vstore(acc, c, round_f16x8(vmul(vload(acc, c), r)))
+
+
+@njit(cache=True, inline="always")
+def _add_value_f16(acc, v_cache, vs, j, kh, weight):
+    """acc += weight · V[j], each value rounded to float16."""
+    w = vsplat(weight)
+    for c in range(0, acc.shape[0], 8):
+        vstore(acc, c, round_f16x8(vfma(kv_vector(v_cache, vs, j, kh, c), w, vload(acc, c))))
 
 
 @njit(cache=True)
@@ -222,12 +238,12 @@ def _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_pr
     d = qv.shape[0]
     dv = acc.shape[0]
     acc[:] = 0.0
-    lanes = np.empty(32, dtype=np.float32)
     running_max = np.float32(-np.inf)
     total = np.float32(0.0)
+    vector_v = half_precision and dv % 8 == 0
     for j in range(first, end):
         if half_precision and d % 32 == 0:
-            s = _dot_f16_order(qv, k_cache, ks, j, kh, lanes)
+            s = _dot_f16_order(qv, k_cache, ks, j, kh)
         else:
             s = np.float32(0.0)
             for c in range(d):
@@ -238,16 +254,22 @@ def _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_pr
         if s > running_max:
             rescale = np.float32(np.exp(np.float32(running_max - s)))
             running_max = s
-            for c in range(dv):
-                acc[c] *= rescale
-                if half_precision:
-                    acc[c] = round_f16(acc[c])
+            if vector_v:
+                _rescale_f16(acc, rescale)
+            else:
+                for c in range(dv):
+                    acc[c] *= rescale
+                    if half_precision:
+                        acc[c] = round_f16(acc[c])
         else:
             weight = np.float32(np.exp(np.float32(s - running_max)))
-        for c in range(dv):
-            acc[c] = fma32(kv_value(v_cache, vs, j, kh, c), weight, acc[c])
-            if half_precision:
-                acc[c] = round_f16(acc[c])
+        if vector_v:
+            _add_value_f16(acc, v_cache, vs, j, kh, weight)
+        else:
+            for c in range(dv):
+                acc[c] = fma32(kv_value(v_cache, vs, j, kh, c), weight, acc[c])
+                if half_precision:
+                    acc[c] = round_f16(acc[c])
         total = fma32(total, rescale, weight)
     return running_max, total
 

@@ -8,10 +8,12 @@ uint8 (q4_0: two 4-bit quants per byte, one scale per 32). Attention code stays 
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
-from ..quants._bits import f16_bits, f16_to_f32, round_f16
+from ..quants._bits import f16_bits, f16_to_f32, f32x8, round_f16
 
 
 def kv_value(cells, scales, pos, head, i):
@@ -100,3 +102,72 @@ def _kv_store(cells, scales, pos, x):
     if dtype == types.uint8:
         return lambda cells, scales, pos, x: quantize_cells_q4_0(x, cells[pos:pos + 1], scales[pos:pos + 1])
     return None
+
+
+# --- eight consecutive elements at once, for the one-query attention's vector loops ---------------
+
+_F32x8 = ir.VectorType(ir.FloatType(), 8)
+
+
+@intrinsic
+def _load8(typingctx, cells, pos, head, i):
+    """cells[pos, head, i:i+8] as eight float32 lanes, for float32 or float16-bit cells whose last
+    axis is contiguous (every cache's is)."""
+    if not (isinstance(cells, types.Array) and cells.ndim == 3 and cells.dtype in (types.float32, types.uint16)):
+        return None
+    half = cells.dtype == types.uint16
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        index = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], sig.args[1:], strict=True)]
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, index)
+        if half:
+            raw = builder.load(builder.bitcast(ptr, ir.VectorType(ir.IntType(16), 8).as_pointer()), align=2)
+            return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), 8)), _F32x8)
+        return builder.load(builder.bitcast(ptr, _F32x8.as_pointer()), align=4)
+
+    return f32x8(cells, pos, head, i), codegen
+
+
+@intrinsic
+def _pack8(typingctx, a, b, c, d, e, f, g, h):
+    if not all(x == types.float32 for x in (a, b, c, d, e, f, g, h)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = ir.Constant(_F32x8, ir.Undefined)
+        for lane_index, x in enumerate(args):
+            v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), lane_index))
+        return v
+
+    return f32x8(a, b, c, d, e, f, g, h), codegen
+
+
+@intrinsic
+def round_f16x8(typingctx, v):
+    """Each lane rounded to the nearest float16 (ties to even), back as float32."""
+    if v != f32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.VectorType(ir.HalfType(), 8)), _F32x8)
+
+    return f32x8(v), codegen
+
+
+def kv_vector(cells, scales, pos, head, i):
+    """cells[pos, head, i:i+8] as float32 lanes, any storage type (numba uses the overload below)."""
+    raise NotImplementedError("kv_vector runs inside numba kernels only")
+
+
+@overload(kv_vector, inline="always")
+def _kv_vector(cells, scales, pos, head, i):
+    if cells.dtype in (types.float32, types.uint16):
+        return lambda cells, scales, pos, head, i: _load8(cells, pos, head, i)
+
+    def by_element(cells, scales, pos, head, i):
+        return _pack8(kv_value(cells, scales, pos, head, i), kv_value(cells, scales, pos, head, i + 1),
+                      kv_value(cells, scales, pos, head, i + 2), kv_value(cells, scales, pos, head, i + 3),
+                      kv_value(cells, scales, pos, head, i + 4), kv_value(cells, scales, pos, head, i + 5),
+                      kv_value(cells, scales, pos, head, i + 6), kv_value(cells, scales, pos, head, i + 7))
+    return by_element

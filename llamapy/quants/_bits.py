@@ -330,6 +330,30 @@ def vzero(typingctx):
 
 
 @intrinsic
+def vadd(typingctx, a, b):
+    """a + b per lane."""
+    if not (a == f32x8 and b == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return f32x8(a, b), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """a * b per lane."""
+    if not (a == f32x8 and b == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+
+    return f32x8(a, b), codegen
+
+
+@intrinsic
 def lane(typingctx, v, i):
     """Lane i of v as a scalar."""
     if not (v in (f32x8, i32x8) and isinstance(i, types.Integer)):
