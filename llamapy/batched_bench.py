@@ -56,7 +56,7 @@ def run_once(model, n_prompt: int, n_gen: int, n_parallel: int, n_batch: int, rn
              ) -> tuple[float, float]:
     """(prompt seconds, generation seconds) of one run from empty caches."""
     n_vocab = model.config.n_vocab
-    caches = [model.new_cache(max(n_prompt + n_gen, 1)) for _ in range(n_parallel)]
+    caches = model.new_caches(n_parallel, max(n_prompt + n_gen, 1))
     prompts = rng.integers(0, n_vocab, size=(n_parallel, n_prompt))
     start = time.perf_counter()
     for i in range(0, n_prompt, n_batch):

@@ -54,17 +54,27 @@ def check_attention(type_v: str, flash_attn: bool) -> None:
 class _Cells:
     """One layer's keys or values in a storage type: cells [n_ctx, heads, d / per_cell] + scales."""
 
-    _NO_SCALES = np.zeros((1, 1, 1), np.float32)
+    _NO_SCALES = np.zeros((1, 1, 1), np.float32)  # the stand-in `floats` returns
 
-    def __init__(self, kind: CacheType, n_ctx: int, heads: int, dim: int):
+    def __init__(self, kind: CacheType, n_ctx: int, heads: int, dim: int, n_seq: int | None = None):
         if kind.block and dim % kind.block:
             raise ValueError(f"a {kind.name} KV cache needs a head size that is a multiple of {kind.block}, "
                              f"this model's is {dim}")
         self.kind = kind
+        lead = (n_ctx,) if n_seq is None else (n_seq, n_ctx)  # n_seq: a pool, one sequence per index
         # np.zeros maps untouched pages lazily, so memory grows with use, not n_ctx.
-        self.cells = np.zeros((n_ctx, heads, dim // kind.values_per_cell), kind.dtype)
+        self.cells = np.zeros((*lead, heads, dim // kind.values_per_cell), kind.dtype)
         # One float16 scale per block (its bits), as in ggml's q8_0 / q4_0 blocks.
-        self.scales = np.zeros((n_ctx, heads, dim // kind.block), np.uint16) if kind.block else self._NO_SCALES
+        self.scales = (np.zeros((*lead, heads, dim // kind.block), np.uint16) if kind.block
+                       else np.zeros((*lead[:-1], 1, 1, 1), np.float32))
+
+    @classmethod
+    def of_sequence(cls, pool: _Cells, i: int) -> _Cells:
+        """Sequence i's cells in a pool (views: writes land in the pool)."""
+        one = cls.__new__(cls)
+        one.kind, one.cells = pool.kind, pool.cells[i]
+        one.scales = pool.scales[i]
+        return one
 
     def store(self, pos0: int, x: np.ndarray) -> None:
         n, name = x.shape[0], self.kind.name
@@ -97,6 +107,13 @@ class _Cells:
         return np.ascontiguousarray((q * scales).reshape(n, cells.shape[1], -1)), self._NO_SCALES
 
 
+class KVPool(NamedTuple):
+    """Per layer, the key and value cells of several sequences side by side."""
+
+    k: list[_Cells]
+    v: list[_Cells]
+
+
 class KVCache:
     """Keys and values of every layer (or of a pipeline stage's layers) for positions 0..n_ctx-1.
 
@@ -116,6 +133,26 @@ class KVCache:
         self.k = [_Cells(self.type_k, n_ctx, n_head_kv, head_dim) for _ in range(n_layer)]
         self.v = [_Cells(self.type_v, n_ctx, n_head_kv, head_dim_v) for _ in range(n_layer)]
         self.n_past = 0
+        # A cache made by `pooled` is sequence `slot` of shared per-layer arrays (`pool`), which lets
+        # one kernel call reach every sequence of a decode step.
+        self.pool: KVPool | None = None
+        self.slot = 0
+
+    @classmethod
+    def pooled(cls, n_seq: int, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int,
+               first_layer: int = 0, type_k: str = "f16", type_v: str = "f16",
+               flash_attn: bool = True) -> list[KVCache]:
+        """n_seq caches whose cells live in one array per layer, [n_seq, n_ctx, ...]: a server's slots."""
+        pool = KVPool([_Cells(cache_type(type_k), n_ctx, n_head_kv, head_dim, n_seq) for _ in range(n_layer)],
+                      [_Cells(cache_type(type_v), n_ctx, n_head_kv, head_dim_v, n_seq) for _ in range(n_layer)])
+        caches = []
+        for i in range(n_seq):
+            cache = cls(0, n_ctx, n_head_kv, head_dim, head_dim_v, first_layer, type_k, type_v, flash_attn)
+            cache.k = [_Cells.of_sequence(layer, i) for layer in pool.k]
+            cache.v = [_Cells.of_sequence(layer, i) for layer in pool.v]
+            cache.pool, cache.slot = pool, i
+            caches.append(cache)
+        return caches
 
     @property
     def n_free(self) -> int:
@@ -148,6 +185,12 @@ class KVCache:
         kernel that writes and reads the cache itself takes."""
         i = layer - self.first_layer
         return self.k[i].cells, self.k[i].scales, self.v[i].cells, self.v[i].scales
+
+    def pool_arrays(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """layer_arrays of every sequence of the pool, [n_seq, n_ctx, ...] each."""
+        i = layer - self.first_layer
+        k, v = self.pool.k[i], self.pool.v[i]
+        return k.cells, k.scales, v.cells, v.scales
 
     def trim(self, n: int) -> None:
         """Forget every cached position from n on (llama_memory_seq_rm(seq, n, -1))."""

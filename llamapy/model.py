@@ -63,6 +63,13 @@ class Model:
     def new_cache(self, n_ctx: int) -> KVCache:
         return self.net.new_cache(n_ctx)
 
+    def new_caches(self, n: int, n_ctx: int) -> list[KVCache]:
+        """n caches of n_ctx positions for sequences decoded together (a server's slots): one pool,
+        so that a decode step reaches them all in one call per block."""
+        if type(self).new_cache is not Model.new_cache:  # caches that live elsewhere (--rpc)
+            return [self.new_cache(n_ctx) for _ in range(n)]
+        return self.net.new_caches(n, n_ctx)
+
     def forward(self, ids, cache: KVCache, all_logits: bool = False, logits_from: int | None = None) -> np.ndarray:
         """Extend `cache` with ids; logits float32 [n, n_vocab] of the last token (n = 1), of every
         token (all_logits), or of ids[logits_from:]."""
@@ -95,6 +102,10 @@ class Model:
     def session(self, n_ctx: int, n_batch: int = 512) -> Session:
         """A KV cache of n_ctx positions and its token history, kept across generate calls."""
         return Session(self, n_ctx, n_batch)
+
+    def sessions(self, n: int, n_ctx: int, n_batch: int = 512) -> list[Session]:
+        """n sessions over one cache pool (new_caches), for sequences decoded in the same passes."""
+        return [Session(self, n_ctx, n_batch, cache=c) for c in self.new_caches(n, n_ctx)]
 
     def generate(self, prompt: str | list[int], n_predict: int = 32, n_ctx: int | None = None,
                  n_batch: int = 512, session: Session | None = None, stop: Iterable[str] = (),

@@ -44,13 +44,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Session:
     """One KV cache of n_ctx positions and the token history it holds."""
 
-    def __init__(self, model, n_ctx: int, n_batch: int = 512):
+    def __init__(self, model, n_ctx: int, n_batch: int = 512, cache=None):
+        """cache: one already made for it (of n_ctx positions), else a new one."""
         if n_ctx <= 0:
             raise ValueError(f"context size must be positive, got {n_ctx}")
         if n_batch <= 0:
             raise ValueError(f"batch size must be positive, got {n_batch}")
         self.model = model
-        self.cache = model.new_cache(n_ctx)
+        self.cache = cache if cache is not None else model.new_cache(n_ctx)
         self.n_batch = n_batch
         self.tokens: list[int] = []
 

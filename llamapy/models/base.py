@@ -54,6 +54,16 @@ class DecoderModel:
         return KVCache(len(layers), n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, first_layer=layers.start,
                        type_k=type_k.name, type_v=type_v.name, flash_attn=self.flash_attn)
 
+    def new_caches(self, n_seq: int, n_ctx: int) -> list[KVCache]:
+        """n_seq caches of n_ctx positions in one pool (KVCache.pooled): the slots of a server, whose
+        decode steps then reach every sequence's cache in one call per block."""
+        c = self.config
+        type_k, type_v = (cache_type(t) for t in self.cache_types)
+        check_context_memory(c, n_ctx * n_seq,
+                             bytes_per_value=(type_k.bytes_per_value() + type_v.bytes_per_value()) / 2)
+        return KVCache.pooled(n_seq, c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, type_k=type_k.name,
+                              type_v=type_v.name, flash_attn=self.flash_attn)
+
     def rope(self, n_ctx: int) -> RopeCache:
         if self._rope is None or self._rope.n_ctx < n_ctx:
             self._rope = RopeCache(max(n_ctx, 512), self.config.rope_dim, self.rope_freq_factors, self.rope_mscale)

@@ -107,8 +107,26 @@ class Weights:
 _EMPTY = np.empty(0, np.float32)
 
 
-def one_token(batch: Batch) -> bool:
-    return len(batch.segments) == 1 and batch.segments[0].n == 1
+def decode_step(batch: Batch) -> bool:
+    """Whether every sequence of the pass brings exactly one token."""
+    return all(s.n == 1 for s in batch.segments)
+
+
+_ONE_SLOT = np.zeros(1, np.int64)
+
+
+def step_caches(batch: Batch, layer: int):
+    """(the layer's cache arrays with a leading sequence axis, each row's index in it) for a decode
+    step's one-call path: one cache, or caches of one pool (KVCache.pooled); None otherwise, or
+    when the caches are read by the plain (non-flash) attention."""
+    first = batch.segments[0].cache
+    if not first.flash_attn:
+        return None
+    if len(batch.segments) == 1:
+        return tuple(a[None] for a in first.layer_arrays(layer)), _ONE_SLOT
+    if first.pool is None or any(s.cache.pool is not first.pool for s in batch.segments):
+        return None
+    return first.pool_arrays(layer), np.array([s.cache.slot for s in batch.segments], np.int64)
 
 
 def fusable(*weights: Linear) -> bool:
@@ -143,9 +161,10 @@ class AttentionLayer:
 
     def __call__(self, x: np.ndarray, batch: Batch, layer: int, rope: tuple, scale: float,
                  q_prescale: float = 1.0) -> np.ndarray:
-        cache = batch.segments[0].cache
-        if one_token(batch) and cache.flash_attn and fusable(self.wq, self.wk, self.wv, self.wo):
-            return self._token(x, batch.segments[0].pos0, cache, layer, rope, scale, q_prescale)
+        if decode_step(batch) and fusable(self.wq, self.wk, self.wv, self.wo):
+            caches = step_caches(batch, layer)
+            if caches is not None:
+                return self._step(x, batch, caches, rope, scale, q_prescale)
         n = x.shape[0]
         act = self.wq.quantize(x)
         q, k, v = self.wq(x, act, batch), self.wk(x, act, batch), self.wv(x, act, batch)
@@ -174,18 +193,19 @@ class AttentionLayer:
                                 out[s.start:s.stop])
         return self.wo(out.reshape(n, -1), batch=batch)
 
-    def _token(self, x, pos, cache, layer, rope, scale, q_prescale):
-        """The same block for one token, in one numba call (kernels/decode.py)."""
-        empty = _EMPTY
-        biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (empty,) * 3
-        norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (empty,) * 2
+    def _step(self, x, batch, caches, rope, scale, q_prescale):
+        """The same block for a decode step (one token per sequence) in one numba call (kernels/decode.py)."""
+        arrays, slots = caches
+        biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (_EMPTY,) * 3
+        norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (_EMPTY,) * 2
+        positions = np.array([s.pos0 for s in batch.segments], np.int64)
+        splits = np.array([split_cells(s.pos0, s.cache.n_ctx) for s in batch.segments], np.int64)
         cos, sin = rope
         return attention_token(
             x, self.wq.rows, self.wq.type_id, self.wk.rows, self.wk.type_id, self.wv.rows, self.wv.type_id,
             self.wo.rows, self.wo.type_id, biases, norms, np.float32(self.norm_eps),
             (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v), cos, sin, self.rope_mode,
-            float(q_prescale), cache.layer_arrays(layer), pos, self.window, float(scale),
-            split_cells(pos, cache.n_ctx))
+            float(q_prescale), arrays, slots, positions, self.window, float(scale), splits)
 
 
 @dataclass
@@ -196,7 +216,8 @@ class FeedForward:
     activation: str = "silu"  # "silu" → SwiGLU, "gelu" → GeGLU
 
     def __call__(self, x: np.ndarray, batch: Batch | None = None) -> np.ndarray:
-        if (batch is None or one_token(batch)) and x.shape[0] == 1 and fusable(self.gate, self.up, self.down):
+        one_row = batch is None and x.shape[0] == 1
+        if (one_row or batch is not None and decode_step(batch)) and fusable(self.gate, self.up, self.down):
             return feed_forward_token(x, self.gate.rows, self.gate.type_id, self.up.rows, self.up.type_id,
                                       self.down.rows, self.down.type_id,
                                       ACT_SILU if self.activation == "silu" else ACT_GELU)

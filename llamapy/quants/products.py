@@ -19,6 +19,7 @@ from ._exact import quantize_q8, quantize_q8_k
 from ._inputs import float_rows, packed_rows, read_only
 from ._int8 import dot_q32_int8, lane_sums, matvec_q4_k_int8, matvec_q6_k_int8, matvec_q32_int8
 from ._int8_k import dot_q4_k_int8, dot_q6_k_int8
+from ._int8_multi import MAX_TOKENS, dot_q32_few
 from ._kernels import block_mins, decode_rows, product_kernel
 from .activations import quantize_activations
 from .types import Q4_K, Q6_K, quant_type
@@ -238,6 +239,8 @@ def _product(rows, type_id, act: QuantizedActivations, tiled: bool, gemm_rows: i
         dot_q6_k_int8(rows, act.q8, act.d, act.extra, out, False)
     elif n == 1:
         matvec_q32_int8(rows, type_id, act.q8[0], act.d[0], act.extra[0], act.lane_sums[0], out[0])
+    elif n <= MAX_TOKENS:  # a decode step of several sequences
+        dot_q32_few(rows, type_id, act.q8, act.d, act.extra, act.lane_sums, out)
     else:
         dot_q32_int8(rows, type_id, act.q8, act.d, act.extra, act.lane_sums, out)
     return out

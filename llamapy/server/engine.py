@@ -244,7 +244,8 @@ class Engine:
             options = getattr(model, "options", None)
             if options is not None:
                 self.n_batch = min(self.n_batch, options.n_ubatch)
-            self.slots = [Slot(i, model.session(self.n_ctx_slot, self.n_batch)) for i in range(self.n_parallel)]
+            sessions = model.sessions(self.n_parallel, self.n_ctx_slot, self.n_batch)
+            self.slots = [Slot(i, session) for i, session in enumerate(sessions)]
         except Exception as e:  # reported by the command as one line
             self.load_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if self.on_load_error is not None:
