@@ -8,12 +8,12 @@ the types the reference models do not carry (Q4_0, Q5_0, Q5_1)."""
 
 import numpy as np
 import pytest
+from test_quants import activations, random_weights
 
 from llamapy import quants as Q
 from llamapy.quants._inputs import packed_rows
 from llamapy.quants._int8 import dot_q32_int8, matvec_q32_int8
 from llamapy.quants.products import quantize_for
-from test_quants import activations, random_weights
 
 K = 512
 

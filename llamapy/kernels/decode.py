@@ -92,6 +92,32 @@ def _product(rows, type_id, acts, n_out):
 
 
 @njit(cache=True)
+def _residual(x, norms, eps, block_out):
+    """x + post_norm(block_out) (post_norm skipped when empty): what a layer adds to its stream."""
+    post = norms[1]
+    if post.shape[0]:
+        block_out = rms_norm(block_out, post, eps, np.empty_like(block_out))
+    return x + block_out
+
+
+@njit(cache=True)
+def attention_step(x, norms, eps, wq, tq, wk, tk, wv, tv, wo, to, biases, head_norms, norm_eps, shape, cos,
+                   sin, rope_mode, q_prescale, cache, slots, positions, window, scale, splits):
+    """x + post(attention(pre(x))) for the stream x [m, d], norms = (pre, post or empty), rms eps."""
+    h = rms_norm(x, norms[0], eps, np.empty_like(x))
+    return _residual(x, norms, eps, attention_token(h, wq, tq, wk, tk, wv, tv, wo, to, biases, head_norms, norm_eps,
+                                                    shape, cos, sin, rope_mode, q_prescale, cache, slots, positions,
+                                                    window, scale, splits))
+
+
+@njit(cache=True)
+def feed_forward_step(x, norms, eps, gate, t_gate, up, t_up, down, t_down, activation):
+    """x + post(feed_forward(pre(x))), as attention_step."""
+    h = rms_norm(x, norms[0], eps, np.empty_like(x))
+    return _residual(x, norms, eps, feed_forward_token(h, gate, t_gate, up, t_up, down, t_down, activation))
+
+
+@njit(cache=True)
 def attention_token(x, wq, tq, wk, tk, wv, tv, wo, to, biases, head_norms, norm_eps, shape, cos, sin,
                     rope_mode, q_prescale, cache, slots, positions, window, scale, splits):
     """AttentionLayer for m one-token rows x [m, d]: row i is at positions[i] of sequence slots[i],

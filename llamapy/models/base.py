@@ -143,8 +143,8 @@ class PreNormDecoder(DecoderModel):
     def layer_forward(self, x, layer, batch, rope):
         p, eps = self.layers[layer], self.config.rms_eps
         tables = batch.rope(rope, self.config.rope_base)
-        x = x + p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, self.attn_scale)
-        return x + p["ffn"](norm(x, p["ffn_norm"], eps), batch)
+        x = p["attn"].residual(x, (p["attn_norm"], None), eps, batch, layer, tables, self.attn_scale)
+        return p["ffn"].residual(x, (p["ffn_norm"], None), eps, batch)
 
 
 def layer_attention(weights: Weights, config: ModelConfig, layer: int, rope_mode: int, **options) -> AttentionLayer:

@@ -12,7 +12,7 @@ import numpy as np
 from ..gguf.reader import GGUFFile
 from ..kernels.activations import geglu, swiglu
 from ..kernels.attention import attention, attention_plain, split_cells
-from ..kernels.decode import ACT_GELU, ACT_SILU, attention_token, feed_forward_token
+from ..kernels.decode import ACT_GELU, ACT_SILU, attention_step, attention_token, feed_forward_step, feed_forward_token
 from ..kernels.norm import rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from ..quants import get_rows, linear
@@ -159,12 +159,23 @@ class AttentionLayer:
     k_bias: np.ndarray | None = None
     v_bias: np.ndarray | None = None
 
+    def residual(self, x: np.ndarray, norms: tuple, eps: float, batch: Batch, layer: int, rope: tuple,
+                 scale: float, q_prescale: float = 1.0) -> np.ndarray:
+        """x + post(self(pre(x))) for the residual stream x, norms = (pre, post or None): a layer's
+        attention half, in one numba call for a decode step."""
+        pre, post = norms
+        caches = self._step_caches(batch, layer)
+        if caches is not None:
+            return attention_step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
+                                  *self._step_args(batch, caches, rope, scale, q_prescale))
+        h = self(norm(x, pre, eps), batch, layer, rope, scale, q_prescale)
+        return x + (h if post is None else norm(h, post, eps))
+
     def __call__(self, x: np.ndarray, batch: Batch, layer: int, rope: tuple, scale: float,
                  q_prescale: float = 1.0) -> np.ndarray:
-        if decode_step(batch) and fusable(self.wq, self.wk, self.wv, self.wo):
-            caches = step_caches(batch, layer)
-            if caches is not None:
-                return self._step(x, batch, caches, rope, scale, q_prescale)
+        caches = self._step_caches(batch, layer)
+        if caches is not None:
+            return attention_token(x, *self._step_args(batch, caches, rope, scale, q_prescale))
         n = x.shape[0]
         act = self.wq.quantize(x)
         q, k, v = self.wq(x, act, batch), self.wk(x, act, batch), self.wv(x, act, batch)
@@ -193,19 +204,25 @@ class AttentionLayer:
                                 out[s.start:s.stop])
         return self.wo(out.reshape(n, -1), batch=batch)
 
-    def _step(self, x, batch, caches, rope, scale, q_prescale):
-        """The same block for a decode step (one token per sequence) in one numba call (kernels/decode.py)."""
+    def _step_caches(self, batch, layer):
+        """The caches for the one-call path of a decode step (kernels/decode.py), or None to take the
+        block-by-block path."""
+        if decode_step(batch) and fusable(self.wq, self.wk, self.wv, self.wo):
+            return step_caches(batch, layer)
+        return None
+
+    def _step_args(self, batch, caches, rope, scale, q_prescale):
+        """decode.attention_token's arguments after its input rows."""
         arrays, slots = caches
         biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (_EMPTY,) * 3
         norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (_EMPTY,) * 2
         positions = np.array([s.pos0 for s in batch.segments], np.int64)
         splits = np.array([split_cells(s.pos0, s.cache.n_ctx) for s in batch.segments], np.int64)
         cos, sin = rope
-        return attention_token(
-            x, self.wq.rows, self.wq.type_id, self.wk.rows, self.wk.type_id, self.wv.rows, self.wv.type_id,
-            self.wo.rows, self.wo.type_id, biases, norms, np.float32(self.norm_eps),
-            (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v), cos, sin, self.rope_mode,
-            float(q_prescale), arrays, slots, positions, self.window, float(scale), splits)
+        return (self.wq.rows, self.wq.type_id, self.wk.rows, self.wk.type_id, self.wv.rows, self.wv.type_id,
+                self.wo.rows, self.wo.type_id, biases, norms, np.float32(self.norm_eps),
+                (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v), cos, sin, self.rope_mode,
+                float(q_prescale), arrays, slots, positions, self.window, float(scale), splits)
 
 
 @dataclass
@@ -215,12 +232,26 @@ class FeedForward:
     down: Linear
     activation: str = "silu"  # "silu" → SwiGLU, "gelu" → GeGLU
 
-    def __call__(self, x: np.ndarray, batch: Batch | None = None) -> np.ndarray:
+    def residual(self, x: np.ndarray, norms: tuple, eps: float, batch: Batch | None = None) -> np.ndarray:
+        """x + post(self(pre(x))), norms = (pre, post or None): a layer's feed-forward half, in one
+        numba call for a decode step."""
+        pre, post = norms
+        if self._one_call(x, batch):
+            return feed_forward_step(x, (pre, _EMPTY if post is None else post), np.float32(eps), *self._step_args())
+        h = self(norm(x, pre, eps), batch)
+        return x + (h if post is None else norm(h, post, eps))
+
+    def _one_call(self, x, batch) -> bool:
         one_row = batch is None and x.shape[0] == 1
-        if (one_row or batch is not None and decode_step(batch)) and fusable(self.gate, self.up, self.down):
-            return feed_forward_token(x, self.gate.rows, self.gate.type_id, self.up.rows, self.up.type_id,
-                                      self.down.rows, self.down.type_id,
-                                      ACT_SILU if self.activation == "silu" else ACT_GELU)
+        return (one_row or batch is not None and decode_step(batch)) and fusable(self.gate, self.up, self.down)
+
+    def _step_args(self):
+        return (self.gate.rows, self.gate.type_id, self.up.rows, self.up.type_id, self.down.rows, self.down.type_id,
+                ACT_SILU if self.activation == "silu" else ACT_GELU)
+
+    def __call__(self, x: np.ndarray, batch: Batch | None = None) -> np.ndarray:
+        if self._one_call(x, batch):
+            return feed_forward_token(x, *self._step_args())
         gated = swiglu if self.activation == "silu" else geglu
         act = self.gate.quantize(x)
         return self.down(gated(self.gate(x, act, batch), self.up(x, act, batch)), batch=batch)

@@ -16,7 +16,7 @@ from .base import (
     layer_feed_forward,
     layer_vector,
 )
-from .blocks import Weights, norm
+from .blocks import Weights
 
 SWA_PATTERN = 6  # every 6th layer attends globally, the others through the sliding window
 
@@ -58,7 +58,6 @@ class Gemma3(DecoderModel):
         p, eps, c = self.layers[layer], self.config.rms_eps, self.config
         base = c.rope_base_swa if self.is_swa[layer] else c.rope_base
         tables = batch.rope(rope, base)
-        h = p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, 1.0, q_prescale=self.q_scale)
-        x = x + norm(h, p["attn_post_norm"], eps)
-        h = p["ffn"](norm(x, p["ffn_norm"], eps), batch)
-        return x + norm(h, p["ffn_post_norm"], eps)
+        x = p["attn"].residual(x, (p["attn_norm"], p["attn_post_norm"]), eps, batch, layer, tables, 1.0,
+                               q_prescale=self.q_scale)
+        return p["ffn"].residual(x, (p["ffn_norm"], p["ffn_post_norm"]), eps, batch)

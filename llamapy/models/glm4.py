@@ -9,7 +9,7 @@ from ..config import ModelConfig
 from ..kernels.rope import ROPE_NORMAL
 from ..validate import Dim, TensorSpec
 from .base import DecoderModel, attention_specs, layer_attention, layer_qkv_biases, layer_vector, qkv_bias_specs
-from .blocks import FeedForward, Weights, norm
+from .blocks import FeedForward, Weights
 
 
 class Glm4(DecoderModel):
@@ -47,7 +47,5 @@ class Glm4(DecoderModel):
     def layer_forward(self, x, layer, batch, rope):
         p, eps = self.layers[layer], self.config.rms_eps
         tables = batch.rope(rope, self.config.rope_base)
-        h = p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, self.attn_scale)
-        x = x + norm(h, p["attn_post_norm"], eps)
-        h = p["ffn"](norm(x, p["ffn_norm"], eps), batch)
-        return x + norm(h, p["ffn_post_norm"], eps)
+        x = p["attn"].residual(x, (p["attn_norm"], p["attn_post_norm"]), eps, batch, layer, tables, self.attn_scale)
+        return p["ffn"].residual(x, (p["ffn_norm"], p["ffn_post_norm"]), eps, batch)

@@ -13,7 +13,7 @@ from ..config import ModelConfig
 from ..kernels.rope import ROPE_NEOX
 from ..validate import Dim, TensorSpec
 from .base import DecoderModel, layer_vector, rope_factor_specs
-from .blocks import AttentionLayer, FeedForward, RopeCache, Weights, norm
+from .blocks import AttentionLayer, FeedForward, RopeCache, Weights
 
 
 class Phi3(DecoderModel):
@@ -71,5 +71,5 @@ class Phi3(DecoderModel):
     def layer_forward(self, x, layer, batch, rope):
         p, eps = self.layers[layer], self.config.rms_eps
         tables = batch.rope(rope, self.config.rope_base)
-        x = x + p["attn"](norm(x, p["attn_norm"], eps), batch, layer, tables, 1.0, q_prescale=self.q_scale)
-        return x + p["ffn"](norm(x, p["ffn_norm"], eps), batch)
+        x = p["attn"].residual(x, (p["attn_norm"], None), eps, batch, layer, tables, 1.0, q_prescale=self.q_scale)
+        return p["ffn"].residual(x, (p["ffn_norm"], None), eps, batch)

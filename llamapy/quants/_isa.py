@@ -207,7 +207,8 @@ def prefetch(typingctx, arr, off):
     def codegen(context, builder, sig, args):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
         byte_ptr = ir.IntType(8).as_pointer()
-        ptr = builder.gep(builder.bitcast(ary.data, byte_ptr), [context.cast(builder, args[1], sig.args[1], types.intp)])
+        offset = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = builder.gep(builder.bitcast(ary.data, byte_ptr), [offset])
         # read, high locality (keep it in every level), data cache
         _call(builder, "llvm.prefetch.p0i8", ir.VoidType(),
               [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
