@@ -1,9 +1,10 @@
 """Gated activations of the feed-forward block, computed as ggml computes them on x86."""
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from ..quants._bits import f32_as_u32, fma32, round_f16, u32_as_f32
+from ..quants._bits import f16_bits, f16_to_f32, f32_as_u32, fma32, round_f16, u32_as_f32
+from ..quants._exact import PARALLEL_MIN_ROWS  # fewer rows (a decode step) stay serial
 
 SQRT_2_OVER_PI = np.float32(0.7978845608028654)
 GELU_COEF_A = np.float32(0.044715)
@@ -22,8 +23,8 @@ _ONE_BITS = np.uint32(0x3F800000)
 
 
 @njit(cache=True, inline="always")
-def ggml_expf(x):
-    """exp(x) to within 1.5 ulp, bit for bit as ggml_v_expf (AVX2 + FMA) computes it."""
+def expf_parts(x):
+    """ggml_v_expf's main path: (n, e, k, j), exp(x) = k + k·j wherever |n| <= 126."""
     z = fma32(x, _LOG2E, _SHIFT)
     n = z - _SHIFT
     b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))
@@ -31,6 +32,13 @@ def ggml_expf(x):
     k = u32_as_f32(np.uint32(e + _ONE_BITS))
     u = b * b
     j = fma32(fma32(fma32(_P0, b, _P1), u, fma32(_P2, b, _P3)), u, _P4 * b)
+    return n, e, k, j
+
+
+@njit(cache=True, inline="always")
+def ggml_expf(x):
+    """exp(x) to within 1.5 ulp, bit for bit as ggml_v_expf (AVX2 + FMA) computes it."""
+    n, e, k, j = expf_parts(x)
     if abs(n) <= np.float32(126.0):
         return fma32(k, j, k)
     g = np.uint32(0x82000000) if n <= 0 else np.uint32(0)
@@ -56,25 +64,46 @@ def swiglu(gate, up):
 
 
 @njit(cache=True)
+def _gelu_f16_table():
+    """ggml_table_gelu_f16: for every float16 h (by its bits), GELU(h) rounded to float16, here held
+    as float32. Built with libm's tanhf and GCC's fused multiply-add, as ggml builds it."""
+    table = np.empty(65536, np.float32)
+    for i in range(65536):
+        h = f16_to_f32(np.uint16(i))
+        inner = SQRT_2_OVER_PI * h * fma32(GELU_COEF_A * h, h, np.float32(1.0))
+        table[i] = round_f16(np.float32(0.5) * h * (np.float32(1.0) + np.tanh(inner)))
+    return table
+
+
+GELU_F16 = _gelu_f16_table()  # a constant of the kernels below (256 KiB, built in ~1 ms)
+
+
+@njit(cache=True, inline="always")
+def _geglu_row(gate, up, out, t):
+    for i in range(gate.shape[1]):
+        x = gate[t, i]
+        if x <= np.float32(-10.0):
+            out[t, i] = 0.0
+        elif x >= np.float32(10.0):
+            out[t, i] = x * up[t, i]
+        else:
+            out[t, i] = GELU_F16[f16_bits(x)] * up[t, i]
+
+
+@njit(cache=True, parallel=True)
 def geglu(gate, up):
     """tanh-approximated GELU of gate, times up, over [n, d].
 
     ggml reads GELU from a table indexed by the float16 input and holding float16 results (built
-    with libm's tanhf and GCC's fused multiply-add), so we round in and out through float16 the
-    same way; beyond |x| >= 10 it saturates to 0 / x.
+    with libm's tanhf and GCC's fused multiply-add): the same table here (GELU_F16); beyond
+    |x| >= 10 it saturates to 0 / x. Rows run in parallel from PARALLEL_MIN_ROWS rows on.
     """
-    n, d = gate.shape
+    n = gate.shape[0]
     out = np.empty_like(gate)
-    for t in range(n):
-        for i in range(d):
-            x = gate[t, i]
-            if x <= np.float32(-10.0):
-                out[t, i] = 0.0
-            elif x >= np.float32(10.0):
-                out[t, i] = x * up[t, i]
-            else:
-                h = round_f16(x)
-                inner = SQRT_2_OVER_PI * h * fma32(GELU_COEF_A * h, h, np.float32(1.0))
-                gelu = np.float32(0.5) * h * (np.float32(1.0) + np.tanh(inner))
-                out[t, i] = round_f16(gelu) * up[t, i]
+    if n < PARALLEL_MIN_ROWS:
+        for t in range(n):
+            _geglu_row(gate, up, out, t)
+    else:
+        for t in prange(n):
+            _geglu_row(gate, up, out, t)
     return out

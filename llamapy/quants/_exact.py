@@ -19,7 +19,7 @@ changes a bit.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ._bits import (
     add_halves,
@@ -42,63 +42,87 @@ from ._bits import (
 ROWS_PER_TASK = 16
 
 
-@njit(cache=True)
+# Row kernels (quantizers, norms, activations) run their rows in parallel from this many rows on;
+# fewer (a generated token, a decode step of a few sequences) stay serial: a parallel region costs ~3 us.
+PARALLEL_MIN_ROWS = 16
+
+
+@njit(cache=True, inline="always")
+def _quantize_q8_row(x, q, d, s, t):
+    for b in range(x.shape[1] // 32):
+        amax = np.float32(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[t, b * 32 + j]))
+        scale = amax / np.float32(127.0)
+        inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+        total = 0
+        for j in range(32):
+            v = int(np.rint(x[t, b * 32 + j] * inv))
+            q[t, b * 32 + j] = v
+            total += v
+        d[t, b] = round_f16(scale)
+        s[t, b] = round_f16(scale * np.float32(total))
+
+
+@njit(cache=True, parallel=True)
 def quantize_q8(x, q, d, s):
     """x [n, k] → Q8_0/Q8_1 blocks of 32 as ggml's AVX2 quantize_row_q8_0/q8_1 make them (q int8).
 
     Scales with 127/amax and rounds half to even; d is stored as float16, and s = d·Σq is taken
     with the unrounded d and then stored as float16 (Q4_1/Q5_1 use it for their min term).
+    Rows in parallel from PARALLEL_MIN_ROWS on.
     """
-    n, k = x.shape
-    for t in range(n):
-        for b in range(k // 32):
-            amax = np.float32(0.0)
-            for j in range(32):
-                amax = max(amax, abs(x[t, b * 32 + j]))
-            scale = amax / np.float32(127.0)
-            inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
-            total = 0
-            for j in range(32):
-                v = int(np.rint(x[t, b * 32 + j] * inv))
-                q[t, b * 32 + j] = v
+    n = x.shape[0]
+    if n < PARALLEL_MIN_ROWS:
+        for t in range(n):
+            _quantize_q8_row(x, q, d, s, t)
+    else:
+        for t in prange(n):
+            _quantize_q8_row(x, q, d, s, t)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _quantize_q8_k_row(x, q, d, bsums, t):
+    for b in range(x.shape[1] // 256):
+        base = b * 256
+        amax = np.float32(0.0)
+        peak = np.float32(0.0)
+        for j in range(256):
+            a = abs(x[t, base + j])
+            if a > amax:
+                amax = a
+                peak = x[t, base + j]
+        if amax == 0:
+            d[t, b] = 0.0
+            q[t, base:base + 256] = 0.0
+            bsums[t, b * 16:(b + 1) * 16] = 0.0
+            continue
+        iscale = np.float32(-127.0) / peak
+        for g in range(16):
+            total = np.float32(0.0)
+            for j in range(16):
+                v = min(np.float32(127.0), np.float32(np.rint(iscale * x[t, base + g * 16 + j])))
+                q[t, base + g * 16 + j] = v
                 total += v
-            d[t, b] = round_f16(scale)
-            s[t, b] = round_f16(scale * np.float32(total))
+            bsums[t, b * 16 + g] = total
+        d[t, b] = np.float32(1.0) / iscale
 
 
 # IEEE division, as in C: activations that overflowed to inf give d = 1/(-127/inf) = -inf, not an exception.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy")
 def quantize_q8_k(x, q, d, bsums):
     """x [n, k] → Q8_K blocks of 256 as ggml's reference quantizer (used on x86) makes them.
 
     The scale comes from the signed value of largest magnitude (-127/max), d = 1/iscale in float32,
-    and bsums holds the sum of each run of 16 quants.
+    and bsums holds the sum of each run of 16 quants. Rows in parallel from PARALLEL_MIN_ROWS on.
     """
-    n, k = x.shape
-    for t in range(n):
-        for b in range(k // 256):
-            base = b * 256
-            amax = np.float32(0.0)
-            peak = np.float32(0.0)
-            for j in range(256):
-                a = abs(x[t, base + j])
-                if a > amax:
-                    amax = a
-                    peak = x[t, base + j]
-            if amax == 0:
-                d[t, b] = 0.0
-                q[t, base:base + 256] = 0.0
-                bsums[t, b * 16:(b + 1) * 16] = 0.0
-                continue
-            iscale = np.float32(-127.0) / peak
-            for g in range(16):
-                total = np.float32(0.0)
-                for j in range(16):
-                    v = min(np.float32(127.0), np.float32(np.rint(iscale * x[t, base + g * 16 + j])))
-                    q[t, base + g * 16 + j] = v
-                    total += v
-                bsums[t, b * 16 + g] = total
-            d[t, b] = np.float32(1.0) / iscale
+    n = x.shape[0]
+    if n < PARALLEL_MIN_ROWS:
+        for t in range(n):
+            _quantize_q8_k_row(x, q, d, bsums, t)
+    else:
+        for t in prange(n):
+            _quantize_q8_k_row(x, q, d, bsums, t)
 
 
 @njit(cache=True)
