@@ -29,6 +29,7 @@ from ._bits import (
     vzero,
 )
 from ._exact import (
+    PARALLEL_MIN_ROWS,
     ROWS_PER_TASK,
     _half,
     _hsum,
@@ -61,16 +62,26 @@ def _prefetch_rows(raw, first, count):
         prefetch(flat, p)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _lane_sums_row(xb, out, t):
+    row, dst = xb[t], out[t]
+    ones = splat_i32(_ONES)
+    for b in range(xb.shape[1] // 32):
+        istore(dst, 8 * b, dot4(izero(), ones, load_words(row, 32 * b)))
+
+
+@njit(cache=True, parallel=True)
 def lane_sums(xb):
-    """Per token and block, the eight lane sums of the activations' bytes: [n, k/32 * 8] int32."""
+    """Per token and block, the eight lane sums of the activations' bytes: [n, k/32 * 8] int32
+    (tokens in parallel from PARALLEL_MIN_ROWS on)."""
     n, k = xb.shape
     out = np.empty((n, k // 4), np.int32)
-    ones = splat_i32(_ONES)
-    for t in range(n):
-        row, dst = xb[t], out[t]
-        for b in range(k // 32):
-            istore(dst, 8 * b, dot4(izero(), ones, load_words(row, 32 * b)))
+    if n < PARALLEL_MIN_ROWS:
+        for t in range(n):
+            _lane_sums_row(xb, out, t)
+    else:
+        for t in prange(n):
+            _lane_sums_row(xb, out, t)
     return out
 
 
@@ -249,10 +260,114 @@ def _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r)
     out[t, r] = _hsum(acc) + mins
 
 
+@njit(cache=True, inline="always")
+def _x_block(type_id, xflat, sflat, xo, so):
+    """A token's activation bytes of one block, and where its lane sums start from: minus the
+    offset's term (8 or 16 x their own lane sums) for Q4_0 / Q5_0, else zero. dot4 adds the
+    weights' products onto it, so the lane sums are _lane_sum's integers, formed once per token
+    for every row of a tile instead of once per row."""
+    xv = load_words(xflat, xo)
+    if type_id == Q4_0:
+        return xv, izero() - (iload(sflat, so) << 3)
+    if type_id == Q5_0:
+        return xv, izero() - (iload(sflat, so) << 4)
+    return xv, izero()
+
+
+@njit(cache=True, inline="always")
+def _tile_sum(type_id, w, w_abs, xv, base):
+    if type_id == Q8_0:
+        return dot4(izero(), w_abs, sign_bytes(xv, w))
+    return dot4(base, w, xv)
+
+
+@njit(cache=True, inline="always")
+def _row_step(type_id, wu, ws, wo, d, x0, x1, x2, x3, c0, c1, c2, c3, e0, e1, e2, e3, a0, a1, a2, a3):
+    """One decoded block of a row (at wo, scale d) into its four tokens' accumulators."""
+    w = iload(ws, wo)
+    w_abs = iload(wu, wo) if type_id == Q8_0 else w
+    a0 = vfma(vsplat(d * e0), vfloat(_tile_sum(type_id, w, w_abs, x0, c0)), a0)
+    a1 = vfma(vsplat(d * e1), vfloat(_tile_sum(type_id, w, w_abs, x1, c1)), a1)
+    a2 = vfma(vsplat(d * e2), vfloat(_tile_sum(type_id, w, w_abs, x2, c2)), a2)
+    a3 = vfma(vsplat(d * e3), vfloat(_tile_sum(type_id, w, w_abs, x3, c3)), a3)
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
+def _min_step(m, s0, s1, s2, s3, m0, m1, m2, m3):
+    return fma32(m, s0, m0), fma32(m, s1, m1), fma32(m, s2, m2), fma32(m, s3, m3)
+
+
+@njit(cache=True, inline="always")
+def _store_x4(out, t, r, a0, a1, a2, a3, m0, m1, m2, m3):
+    out[t, r], out[t + 1, r] = _hsum(a0) + m0, _hsum(a1) + m1
+    out[t + 2, r], out[t + 3, r] = _hsum(a2) + m2, _hsum(a3) + m3
+
+
+@njit(cache=True, inline="always")
+def _decoded_tile(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r):
+    """out[t:t+4, r:r+4] from decoded rows i..i+3: sixteen independent fma chains (each output's own,
+    blocks in order), every block's weight and activation bytes loaded once for the tile."""
+    nb = wd.shape[1]
+    k = nb * 32
+    kw = k // 4
+    with_min = type_id == Q4_1 or type_id == Q5_1
+    a00, a01, a02, a03 = vzero(), vzero(), vzero(), vzero()
+    a10, a11, a12, a13 = vzero(), vzero(), vzero(), vzero()
+    a20, a21, a22, a23 = vzero(), vzero(), vzero(), vzero()
+    a30, a31, a32, a33 = vzero(), vzero(), vzero(), vzero()
+    z = np.float32(0.0)
+    m00 = m01 = m02 = m03 = m10 = m11 = m12 = m13 = z
+    m20 = m21 = m22 = m23 = m30 = m31 = m32 = m33 = z
+    for b in range(nb):
+        x0, c0 = _x_block(type_id, xflat, sflat, t * k + 32 * b, t * kw + 8 * b)
+        x1, c1 = _x_block(type_id, xflat, sflat, (t + 1) * k + 32 * b, (t + 1) * kw + 8 * b)
+        x2, c2 = _x_block(type_id, xflat, sflat, (t + 2) * k + 32 * b, (t + 2) * kw + 8 * b)
+        x3, c3 = _x_block(type_id, xflat, sflat, (t + 3) * k + 32 * b, (t + 3) * kw + 8 * b)
+        e0, e1, e2, e3 = xd[t, b], xd[t + 1, b], xd[t + 2, b], xd[t + 3, b]
+        wo = i * kw + 8 * b
+        a00, a01, a02, a03 = _row_step(type_id, wu, ws, wo, wd[i, b], x0, x1, x2, x3, c0, c1, c2, c3,
+                                       e0, e1, e2, e3, a00, a01, a02, a03)
+        a10, a11, a12, a13 = _row_step(type_id, wu, ws, wo + kw, wd[i + 1, b], x0, x1, x2, x3, c0, c1, c2, c3,
+                                       e0, e1, e2, e3, a10, a11, a12, a13)
+        a20, a21, a22, a23 = _row_step(type_id, wu, ws, wo + 2 * kw, wd[i + 2, b], x0, x1, x2, x3, c0, c1, c2, c3,
+                                       e0, e1, e2, e3, a20, a21, a22, a23)
+        a30, a31, a32, a33 = _row_step(type_id, wu, ws, wo + 3 * kw, wd[i + 3, b], x0, x1, x2, x3, c0, c1, c2, c3,
+                                       e0, e1, e2, e3, a30, a31, a32, a33)
+        if with_min:
+            s0, s1, s2, s3 = xs[t, b], xs[t + 1, b], xs[t + 2, b], xs[t + 3, b]
+            m00, m01, m02, m03 = _min_step(wm[i, b], s0, s1, s2, s3, m00, m01, m02, m03)
+            m10, m11, m12, m13 = _min_step(wm[i + 1, b], s0, s1, s2, s3, m10, m11, m12, m13)
+            m20, m21, m22, m23 = _min_step(wm[i + 2, b], s0, s1, s2, s3, m20, m21, m22, m23)
+            m30, m31, m32, m33 = _min_step(wm[i + 3, b], s0, s1, s2, s3, m30, m31, m32, m33)
+    _store_x4(out, t, r, a00, a01, a02, a03, m00, m01, m02, m03)
+    _store_x4(out, t, r + 1, a10, a11, a12, a13, m10, m11, m12, m13)
+    _store_x4(out, t, r + 2, a20, a21, a22, a23, m20, m21, m22, m23)
+    _store_x4(out, t, r + 3, a30, a31, a32, a33, m30, m31, m32, m33)
+
+
+@njit(cache=True, inline="always")
+def _task_rows(raw, type_id, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out):
+    """Rows r0..r0+count-1 against every token: decoded once, then tiles of 4 rows x 4 tokens."""
+    k = nb * 32
+    for i in range(count):
+        _decode_row(raw[r0 + i], type_id, nb, wu, ws, i * (k // 4), wd, wm, i)
+    quads = count - count % 4
+    for t in range(0, n - n % 4, 4):
+        for i in range(0, quads, 4):
+            _decoded_tile(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
+        for i in range(quads, count):
+            _decoded_dot_x4(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
+    for t in range(n - n % 4, n):
+        for i in range(count):
+            _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
+
+
 @njit(cache=True, parallel=True)
 def dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
     """out[t, r] = W[r] · x[t] for a batch: a task decodes 16 rows to bytes once (an L1 scratch)
-    and runs the tokens over them four at a time. Flat arrays and offsets, no views, in the loops."""
+    and runs the tokens over them in tiles of 4 rows x 4 tokens. Each type gets its own copy of the
+    task (type_id a constant in it), as in matvec_q32_int8. Flat arrays and offsets, no views, in the loops."""
     rows = raw.shape[0]
     n, k = xb.shape
     nb = k // 32
@@ -266,14 +381,16 @@ def dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
         for task in range(part * tasks // parts, (part + 1) * tasks // parts):
             r0 = task * ROWS_PER_TASK
             count = min(rows, r0 + ROWS_PER_TASK) - r0
-            for i in range(count):
-                _decode_row(raw[r0 + i], type_id, nb, wu, ws, i * (k // 4), wd, wm, i)
-            for t in range(0, n - n % 4, 4):
-                for i in range(count):
-                    _decoded_dot_x4(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
-            for t in range(n - n % 4, n):
-                for i in range(count):
-                    _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r0 + i)
+            if type_id == Q5_0:
+                _task_rows(raw, Q5_0, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
+            elif type_id == Q4_0:
+                _task_rows(raw, Q4_0, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
+            elif type_id == Q4_1:
+                _task_rows(raw, Q4_1, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
+            elif type_id == Q5_1:
+                _task_rows(raw, Q5_1, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
+            else:
+                _task_rows(raw, Q8_0, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
     return out
 
 
