@@ -66,8 +66,6 @@ class Model:
     def new_caches(self, n: int, n_ctx: int) -> list[KVCache]:
         """n caches of n_ctx positions for sequences decoded together (a server's slots): one pool,
         so that a decode step reaches them all in one call per block."""
-        if type(self).new_cache is not Model.new_cache:  # caches that live elsewhere (--rpc)
-            return [self.new_cache(n_ctx) for _ in range(n)]
         return self.net.new_caches(n, n_ctx)
 
     def forward(self, ids, cache: KVCache, all_logits: bool = False, logits_from: int | None = None) -> np.ndarray:

@@ -336,6 +336,10 @@ class DistributedModel(Model):
 
     # --- caches -----------------------------------------------------------------------------------
 
+    def new_caches(self, n: int, n_ctx: int) -> list[DistributedCache]:
+        """Caches live on the workers, one per sequence: there is no local pool to share."""
+        return [self.new_cache(n_ctx) for _ in range(n)]
+
     def new_cache(self, n_ctx: int) -> DistributedCache:
         check_context_memory(self.config, n_ctx, n_layer=0)
         self._ensure_plan()

@@ -8,7 +8,7 @@ V sum in float16 with an online softmax; larger batches (tiled) keep Q and the s
 import numpy as np
 from numba import njit, prange
 
-from ..quants._bits import fma32, lane, round_f16, vadd, vfma, vload, vmul, vsplat, vstore, vzero
+from ..quants._bits import fma32, lane, round_f16, vfma, vload, vsplat, vstore, vzero
 from .activations import expf_parts, ggml_expf
 from .kv_access import kv_value, kv_vector, round_f16x8
 
@@ -239,7 +239,7 @@ def _dot_f16_order(qv, k_cache, ks, j, kh):
         a1 = vfma(vload(qv, i + 8), kv_vector(k_cache, ks, j, kh, i + 8), a1)
         a2 = vfma(vload(qv, i + 16), kv_vector(k_cache, ks, j, kh, i + 16), a2)
         a3 = vfma(vload(qv, i + 24), kv_vector(k_cache, ks, j, kh, i + 24), a3)
-    p = vadd(vadd(a0, a2), vadd(a1, a3))
+    p = (a0 + a2) + (a1 + a3)
     return ((lane(p, 0) + lane(p, 4)) + (lane(p, 1) + lane(p, 5))) + ((lane(p, 2) + lane(p, 6))
                                                                     + (lane(p, 3) + lane(p, 7)))
 
@@ -249,7 +249,7 @@ def _rescale_f16(acc, rescale):
     """acc *= rescale, each value rounded to float16 (ggml's float16 accumulator)."""
     r = vsplat(rescale)
     for c in range(0, acc.shape[0], 8):
-        vstore(acc, c, round_f16x8(vmul(vload(acc, c), r)))
+        vstore(acc, c, round_f16x8(vload(acc, c) * r))
 
 
 @njit(cache=True, inline="always")

@@ -330,30 +330,6 @@ def vzero(typingctx):
 
 
 @intrinsic
-def vadd(typingctx, a, b):
-    """a + b per lane."""
-    if not (a == f32x8 and b == f32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-
-    return f32x8(a, b), codegen
-
-
-@intrinsic
-def vmul(typingctx, a, b):
-    """a * b per lane."""
-    if not (a == f32x8 and b == f32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], args[1])
-
-    return f32x8(a, b), codegen
-
-
-@intrinsic
 def lane(typingctx, v, i):
     """Lane i of v as a scalar."""
     if not (v in (f32x8, i32x8) and isinstance(i, types.Integer)):
@@ -415,18 +391,19 @@ def reduce_add(typingctx, v):
     return types.int32(v), codegen
 
 
-def _pairwise(name, lo_mask, hi_mask, doc):
-    """An intrinsic f(a, b) = shuffle(a, b, lo_mask) + shuffle(a, b, hi_mask)."""
+def _pairwise(name, lo_mask, hi_mask, doc, vecty=f32x8):
+    """An intrinsic f(a, b) = shuffle(a, b, lo_mask) + shuffle(a, b, hi_mask), on f32x8 or i32x8."""
 
     def typer(typingctx, a, b):
-        if not (a == f32x8 and b == f32x8):
+        if not (a == vecty and b == vecty):
             return None
 
         def codegen(context, builder, sig, args):
             lo = _shuffle(builder, args[0], args[1], lo_mask)
-            return builder.fadd(lo, _shuffle(builder, args[0], args[1], hi_mask))
+            add = builder.fadd if vecty == f32x8 else builder.add
+            return add(lo, _shuffle(builder, args[0], args[1], hi_mask))
 
-        return f32x8(a, b), codegen
+        return vecty(a, b), codegen
 
     typer.__name__, typer.__doc__ = name, doc
     return intrinsic(typer)
@@ -440,7 +417,7 @@ add_halves = _pairwise("add_halves", [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12
                        "[lo(a) + hi(a), lo(b) + hi(b)]: the 128-bit halves of a, and of b, added.")
 
 
-# Operators on vectors: + - * of two f32x8; + - | of two i32x8; & >> << - with an integer
+# Operators on vectors: + - * of two f32x8; + - * | of two i32x8; & >> << - with an integer
 # (splatted). >> is arithmetic, as Python's on a signed int32.
 
 
@@ -466,6 +443,7 @@ _VECTOR_OPS = {
     (operator.sub, F32x8): _binary("fsub", f32x8, False),
     (operator.mul, F32x8): _binary("fmul", f32x8, False),
     (operator.add, I32x8): _binary("add", i32x8, False),
+    (operator.mul, I32x8): _binary("mul", i32x8, False),  # vpmulld; exact while products stay below 2**31
     (operator.sub, I32x8): _binary("sub", i32x8, False),
     (operator.or_, I32x8): _binary("or_", i32x8, False),
 }

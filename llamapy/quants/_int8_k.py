@@ -27,6 +27,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._bits import (
+    _pairwise,
     f32x8,
     fma32,
     i32x8,
@@ -62,30 +63,13 @@ def _mask(values):
     return ir.Constant(_V8I, [int(v) for v in values])
 
 
-def _pairwise_i32(name, lo_mask, hi_mask, doc):
-    """An intrinsic f(a, b) = shuffle(a, b, lo_mask) + shuffle(a, b, hi_mask) on int32 lanes."""
-
-    def typer(typingctx, a, b):
-        if not (a == i32x8 and b == i32x8):
-            return None
-
-        def codegen(context, builder, sig, args):
-            lo = builder.shuffle_vector(args[0], args[1], _mask(lo_mask))
-            return builder.add(lo, builder.shuffle_vector(args[0], args[1], _mask(hi_mask)))
-
-        return i32x8(a, b), codegen
-
-    typer.__name__, typer.__doc__ = name, doc
-    return intrinsic(typer)
-
-
 # The int32 twins of _bits' float hadd, pair_sums and add_halves (integer adds: any order is exact).
-ihadd = _pairwise_i32("ihadd", [0, 2, 8, 10, 4, 6, 12, 14], [1, 3, 9, 11, 5, 7, 13, 15],
-                      "_mm256_hadd_epi32: [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7].")
-ipair_sums = _pairwise_i32("ipair_sums", [0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15],
-                           "[a0+a1, a2+a3, a4+a5, a6+a7, b0+b1, b2+b3, b4+b5, b6+b7].")
-iadd_halves = _pairwise_i32("iadd_halves", [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15],
-                            "[lo(a) + hi(a), lo(b) + hi(b)]: the 128-bit halves of a, and of b, added.")
+ihadd = _pairwise("ihadd", [0, 2, 8, 10, 4, 6, 12, 14], [1, 3, 9, 11, 5, 7, 13, 15],
+                  "_mm256_hadd_epi32: [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7].", i32x8)
+ipair_sums = _pairwise("ipair_sums", [0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15],
+                       "[a0+a1, a2+a3, a4+a5, a6+a7, b0+b1, b2+b3, b4+b5, b6+b7].", i32x8)
+iadd_halves = _pairwise("iadd_halves", [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15],
+                        "[lo(a) + hi(a), lo(b) + hi(b)]: the 128-bit halves of a, and of b, added.", i32x8)
 
 
 def _shuffle_i32(name, mask, doc):
@@ -124,18 +108,6 @@ def load4x2(typingctx, arr, i):
         return builder.shuffle_vector(four, four, _mask([0, 1, 2, 3, 0, 1, 2, 3]))
 
     return f32x8(arr, i), codegen
-
-
-@intrinsic
-def imul(typingctx, a, b):
-    """a * b per int32 lane (vpmulld; the products here stay far below 2**31)."""
-    if not (a == i32x8 and b == i32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.mul(args[0], args[1])
-
-    return i32x8(a, b), codegen
 
 
 @njit(cache=True, inline="always")
@@ -188,7 +160,7 @@ def _q4_k_dots(w0, w1, w2, w3, w4, w5, w6, w7, xflat, xo, sc, mn, bs):
                     dot4(izero(), w2, load_words(xflat, xo + 64)), dot4(izero(), w3, load_words(xflat, xo + 96)),
                     dot4(izero(), w4, load_words(xflat, xo + 128)), dot4(izero(), w5, load_words(xflat, xo + 160)),
                     dot4(izero(), w6, load_words(xflat, xo + 192)), dot4(izero(), w7, load_words(xflat, xo + 224)))
-    return ipair_sums(imul(dots, sc), imul(mn, bs))
+    return ipair_sums(dots * sc, mn * bs)
 
 
 @njit(cache=True, inline="always")
@@ -293,10 +265,10 @@ def _decode_q6_k(row, nb, wq, wo, wsp, po, wsc, wd, i):
 @njit(cache=True, inline="always")
 def _q6_k_scaled(wq, wsp, e, p, xflat, xo):
     """Σ over four vectors from wq[e:] of their lane scales · lane dots with xflat[xo:]: exact int32."""
-    h = imul(iload(wsp, p), dot4(izero(), iload(wq, e), load_words(xflat, xo)))
-    h = h + imul(iload(wsp, p + 8), dot4(izero(), iload(wq, e + 8), load_words(xflat, xo + 32)))
-    h = h + imul(iload(wsp, p + 16), dot4(izero(), iload(wq, e + 16), load_words(xflat, xo + 64)))
-    return h + imul(iload(wsp, p + 24), dot4(izero(), iload(wq, e + 24), load_words(xflat, xo + 96)))
+    h = iload(wsp, p) * dot4(izero(), iload(wq, e), load_words(xflat, xo))
+    h = h + iload(wsp, p + 8) * dot4(izero(), iload(wq, e + 8), load_words(xflat, xo + 32))
+    h = h + iload(wsp, p + 16) * dot4(izero(), iload(wq, e + 16), load_words(xflat, xo + 64))
+    return h + iload(wsp, p + 24) * dot4(izero(), iload(wq, e + 24), load_words(xflat, xo + 96))
 
 
 @njit(cache=True, inline="always")
@@ -320,7 +292,7 @@ def _tiled_lanes(wq, wsp, e, p, xflat, xo, sc_lo, sc_hi, bflat, bo):
     """Lanes whose sum is Σ scale·(q - 32)·x over one superblock: Σ scale·q·x less
     32·Σ scale·bsum, exact int32."""
     h = _q6_k_scaled(wq, wsp, e, p, xflat, xo) + _q6_k_scaled(wq, wsp, e + 32, p + 32, xflat, xo + 128)
-    off = imul(sc_lo, iload(bflat, bo)) + imul(sc_hi, iload(bflat, bo + 8))
+    off = sc_lo * iload(bflat, bo) + sc_hi * iload(bflat, bo + 8)
     return h - (off << 5)
 
 
