@@ -50,8 +50,13 @@ def test_fused_token_writes_every_cache_type(cache_type, monkeypatch):
 def test_fused_path_is_taken(converted, monkeypatch):
     """The comparison above means something only if the one-call path really runs."""
     calls = []
-    real = blocks.attention_step
-    monkeypatch.setattr(blocks, "attention_step", lambda *a: calls.append(1) or real(*a))
+    real = blocks.attention_kernels
+
+    def counted(*types):
+        kernels = real(*types)
+        return kernels._replace(step=lambda *a: calls.append(1) or kernels.step(*a))
+
+    monkeypatch.setattr(blocks, "attention_kernels", counted)
     model = Model(converted["llama3"])
     cache = model.new_cache(16)
     model.forward([1, 2], cache)

@@ -1,7 +1,7 @@
 """The one-token products of 32-quant blocks (quants/_int8.py) against the batch kernel, row by row.
 
-The two are separate code (the one-token kernel runs four rows side by side, each type with its own
-copy of the loop; the batch kernel decodes rows to bytes first), written to the same arithmetic:
+The three are separate code (the one-token kernel runs four rows side by side; the few-token kernel
+streams rows, each block unpacked once for four tokens; the batch kernel decodes rows to bytes first), written to the same arithmetic:
 ggml's per-row order of float operations. Equal bits between them for every type, for row counts
 that do and do not fill the four-row groups, is what keeps the matvec on llama.cpp's numbers for
 the types the reference models do not carry (Q4_0, Q5_0, Q5_1)."""
@@ -12,8 +12,7 @@ from test_quants import activations, random_weights
 
 from llamapy import quants as Q
 from llamapy.quants._inputs import packed_rows
-from llamapy.quants._int8 import dot_q32_int8, matvec_q32_int8
-from llamapy.quants.products import quantize_for
+from llamapy.quants.products import q32_kernels, quantize_for
 
 K = 512
 
@@ -22,9 +21,12 @@ K = 512
 @pytest.mark.parametrize("rows", [1, 7, 16, 37])
 def test_matvec_equals_batch_kernel(type_id, rows):
     raw = packed_rows(random_weights(type_id, rows, K, seed=rows), type_id, K)
-    act = quantize_for(type_id, activations(3, K, seed=rows))
-    batch = dot_q32_int8(raw, type_id, act.q8, act.d, act.extra, act.lane_sums, np.empty((3, rows), np.float32))
-    for t in range(3):
+    act = quantize_for(type_id, activations(5, K, seed=rows))
+    kernels = q32_kernels(type_id)
+    batch = kernels.batch(raw, act.q8, act.d, act.extra, act.lane_sums, np.empty((5, rows), np.float32))
+    few = kernels.few(raw, act.q8, act.d, act.extra, act.lane_sums, np.empty((5, rows), np.float32))
+    np.testing.assert_array_equal(few, batch)
+    for t in range(5):
         out = np.full(rows, np.nan, np.float32)
-        matvec_q32_int8(raw, type_id, act.q8[t], act.d[t], act.extra[t], act.lane_sums[t], out)
+        kernels.one(raw, act.q8[t], act.d[t], act.extra[t], act.lane_sums[t], out)
         np.testing.assert_array_equal(out, batch[t])

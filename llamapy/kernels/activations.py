@@ -78,7 +78,7 @@ def _gelu_f16_table():
 GELU_F16 = _gelu_f16_table()  # a constant of the kernels below (256 KiB, built in ~1 ms)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _geglu_row(gate, up, out, t):
     for i in range(gate.shape[1]):
         x = gate[t, i]
@@ -105,5 +105,5 @@ def geglu(gate, up):
             _geglu_row(gate, up, out, t)
     else:
         for t in prange(n):
-            _geglu_row(gate, up, out, t)
+            _geglu_row(gate, up, out, np.int64(t))
     return out

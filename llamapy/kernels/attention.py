@@ -198,7 +198,7 @@ def _pad(n: int) -> int:
     return (n + KV_PAD - 1) // KV_PAD * KV_PAD
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     n, n_head, d = q.shape
     group = n_head // k_cache.shape[1]
@@ -218,7 +218,7 @@ def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, sp
 @njit(cache=True, parallel=True)
 def _attention_parallel(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     for task in prange(q.shape[0] * q.shape[1]):
-        _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
+        _attend_task(np.int64(task), q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
     return out
 
 
@@ -345,7 +345,7 @@ def attention_plain(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale
     return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _plain_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out):
     n, n_head, d = q.shape
     dv = out.shape[2]
@@ -377,7 +377,7 @@ def _plain_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out):
 @njit(cache=True, parallel=True)
 def _plain_parallel(q, k_cache, ks, v_cache, vs, pos0, window, scale, out):
     for task in prange(q.shape[0] * q.shape[1]):
-        _plain_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out)
+        _plain_task(np.int64(task), q, k_cache, ks, v_cache, vs, pos0, window, scale, out)
     return out
 
 

@@ -12,17 +12,24 @@ takes (the gemv arithmetic of K-quants, never the tiled or gemm one). Exact prod
 (32-quant types, Q4_K, Q6_K) and flash attention; blocks.py sends anything else down the general
 path. Caches come as [sequences, n_ctx, ...] arrays (a KVCache pool, or one cache with a leading
 axis of 1) with each row's index in them.
+
+The steps are compiled per combination of the block's weight types (attention_kernels,
+feed_forward_kernels: closures over the types, which fold as constants through the inlined
+functions below), so a model compiles the products of the types it holds, not of all seven.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
 from ..quants._exact import quantize_q8, quantize_q8_k
-from ..quants._int8 import dot_q32_int8, lane_sums, matvec_q4_k_int8, matvec_q6_k_int8, matvec_q32_int8
+from ..quants._int8 import lane_sums, matvec_q4_k_int8, matvec_q6_k_int8, matvec_q32_int8
 from ..quants._int8_k import dot_q4_k_int8, dot_q6_k_int8
-from ..quants._int8_multi import MAX_TOKENS, dot_q32_few
+from ..quants._int8_multi import dot_q32_few
 from ..quants.types import Q4_K, Q6_K
 from .activations import geglu, swiglu
 from .attention import _attention_serial
@@ -33,20 +40,15 @@ from .rope import apply_rope
 ACT_SILU, ACT_GELU = 0, 1
 
 
-@njit(cache=True, inline="always")
-def _is_k(type_id):
+def _is_k(type_id: int) -> bool:
     return type_id == Q4_K or type_id == Q6_K
 
 
 @njit(cache=True)
-def _quantize(x, super_blocks):
-    """Rows x [m, k] as Q8_K (super_blocks) or Q8_0/Q8_1 blocks: (bytes, d, extra, lane sums)."""
+def _quantize_blocks(x):
+    """Rows x [m, k] as Q8_0/Q8_1 blocks: (bytes, d, Q8_1 sums, lane sums)."""
     m, k = x.shape
     q = np.empty((m, k), np.int8)
-    if super_blocks:
-        d, extra = np.empty((m, k // 256), np.float32), np.empty((m, k // 16), np.float32)
-        quantize_q8_k(x, q, d, extra)
-        return q.view(np.uint8), d, extra, np.empty((m, 0), np.int32)
     d, extra = np.empty((m, k // 32), np.float32), np.empty((m, k // 32), np.float32)
     quantize_q8(x, q, d, extra)
     q8 = q.view(np.uint8)
@@ -54,40 +56,49 @@ def _quantize(x, super_blocks):
 
 
 @njit(cache=True)
-def _activations(x, t0, t1, t2):
-    """x quantized for each family among the weight types t0..t2 (the other family left empty)."""
+def _quantize_super_blocks(x):
+    """Rows x [m, k] as Q8_K super-blocks: (bytes, d, sums per 16, no lane sums)."""
+    m, k = x.shape
+    q = np.empty((m, k), np.int8)
+    d, extra = np.empty((m, k // 256), np.float32), np.empty((m, k // 16), np.float32)
+    quantize_q8_k(x, q, d, extra)
+    return q.view(np.uint8), d, extra, np.empty((m, 0), np.int32)
+
+
+@njit(cache=True, inline="always")
+def _activations(x, blocks, super_blocks):
+    """x quantized for the weight families a block needs (constants: the other one left empty)."""
     m = x.shape[0]
     empty = (np.empty((m, 0), np.uint8), np.empty((m, 0), np.float32), np.empty((m, 0), np.float32),
              np.empty((m, 0), np.int32))
-    blocks = _quantize(x, False) if not (_is_k(t0) and _is_k(t1) and _is_k(t2)) else empty
-    super_blocks = _quantize(x, True) if _is_k(t0) or _is_k(t1) or _is_k(t2) else empty
-    return blocks, super_blocks
+    return (_quantize_blocks(x) if blocks else empty), (_quantize_super_blocks(x) if super_blocks else empty)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _product(rows, type_id, acts, n_out):
-    """W · x for m one-token rows: float32 [m, n_out], by the kernel exact_product takes for them."""
+    """W · x for m one-token rows: float32 [m, n_out], by the kernel exact_product takes for one
+    token (several rows: the few-token kernel, the same bits; K-quants keep their gemv arithmetic)."""
     blocks, super_blocks = acts
     m = blocks[0].shape[0]
     out = np.empty((m, n_out), np.float32)
-    if type_id == Q4_K or type_id == Q6_K:
+    if type_id == Q4_K:
         q8, d, extra, _ = super_blocks
-        if m == 1 and type_id == Q4_K:
+        if m == 1:
             matvec_q4_k_int8(rows, q8[0], d[0], extra[0], out[0])
-        elif m == 1:
-            matvec_q6_k_int8(rows, q8[0], d[0], extra[0], out[0])
-        elif type_id == Q4_K:
+        else:
             dot_q4_k_int8(rows, q8, d, extra, out, 0)
+    elif type_id == Q6_K:
+        q8, d, extra, _ = super_blocks
+        if m == 1:
+            matvec_q6_k_int8(rows, q8[0], d[0], extra[0], out[0])
         else:
             dot_q6_k_int8(rows, q8, d, extra, out, False)
-        return out
-    q8, d, extra, sums = blocks
-    if m == 1:
-        matvec_q32_int8(rows, type_id, q8[0], d[0], extra[0], sums[0], out[0])
-    elif m <= MAX_TOKENS:
-        dot_q32_few(rows, type_id, q8, d, extra, sums, out)
     else:
-        dot_q32_int8(rows, type_id, q8, d, extra, sums, out)
+        q8, d, extra, sums = blocks
+        if m == 1:
+            matvec_q32_int8(rows, type_id, q8[0], d[0], extra[0], sums[0], out[0])
+        else:
+            dot_q32_few(rows, type_id, q8, d, extra, sums, out)
     return out
 
 
@@ -100,36 +111,20 @@ def _residual(x, norms, eps, block_out):
     return x + block_out
 
 
-@njit(cache=True)
-def attention_step(x, norms, eps, wq, tq, wk, tk, wv, tv, wo, to, biases, head_norms, norm_eps, shape, cos,
-                   sin, rope_mode, q_prescale, cache, slots, positions, window, scale, splits):
-    """x + post(attention(pre(x))) for the stream x [m, d], norms = (pre, post or empty), rms eps."""
-    h = rms_norm(x, norms[0], eps, np.empty_like(x))
-    return _residual(x, norms, eps, attention_token(h, wq, tq, wk, tk, wv, tv, wo, to, biases, head_norms, norm_eps,
-                                                    shape, cos, sin, rope_mode, q_prescale, cache, slots, positions,
-                                                    window, scale, splits))
-
-
-@njit(cache=True)
-def feed_forward_step(x, norms, eps, gate, t_gate, up, t_up, down, t_down, activation):
-    """x + post(feed_forward(pre(x))), as attention_step."""
-    h = rms_norm(x, norms[0], eps, np.empty_like(x))
-    return _residual(x, norms, eps, feed_forward_token(h, gate, t_gate, up, t_up, down, t_down, activation))
-
-
-@njit(cache=True)
-def attention_token(x, wq, tq, wk, tk, wv, tv, wo, to, biases, head_norms, norm_eps, shape, cos, sin,
-                    rope_mode, q_prescale, cache, slots, positions, window, scale, splits):
+@njit(cache=True, inline="always")
+def _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_blocks, o_super, biases, head_norms,
+               norm_eps, shape, cos, sin, rope_mode, q_prescale, cache, slots, positions, window, scale, splits):
     """AttentionLayer for m one-token rows x [m, d]: row i is at positions[i] of sequence slots[i],
     whose key and value it writes to the cache.
 
+    t*: the weights' types and *_blocks / *_super: the activation families they take (constants);
     biases = (q, k, v) or three empty arrays; head_norms = (q_norm, k_norm) or two empty arrays;
     shape = (n_head, n_head_kv, head_dim, head_dim_v); cache = (key cells, key scales, value cells,
     value scales) of this layer, [sequences, n_ctx, ...]; cos/sin: each row's RoPE table row;
     splits: each row's split_cells."""
     n_head, n_head_kv, head_dim, head_dim_v = shape
     m = x.shape[0]
-    acts = _activations(x, tq, tk, tv)
+    acts = _activations(x, qkv_blocks, qkv_super)
     q = _product(wq, tq, acts, n_head * head_dim)
     k = _product(wk, tk, acts, n_head_kv * head_dim)
     v = _product(wv, tv, acts, n_head_kv * head_dim_v)
@@ -158,14 +153,74 @@ def attention_token(x, wq, tq, wk, tk, wv, tv, wo, to, biases, head_norms, norm_
         _attention_serial(q[i:i + 1].copy(), kc[:pos + 1], ks[:pos + 1], vc[:pos + 1], vs[:pos + 1], pos,
                           window, np.float32(scale), row, splits[i])
         out[i] = row.reshape(-1)
-    return _product(wo, to, _activations(out, to, to, to), wo.shape[0])
+    return _product(wo, to, _activations(out, o_blocks, o_super), wo.shape[0])
 
 
-@njit(cache=True)
-def feed_forward_token(x, gate, t_gate, up, t_up, down, t_down, activation):
-    """FeedForward for m one-token rows x [m, d]: down(act(gate(x)) * up(x))."""
-    acts = _activations(x, t_gate, t_up, t_up)
+@njit(cache=True, inline="always")
+def _feed_forward(x, gate, t_gate, up, t_up, down, t_down, gu_blocks, gu_super, down_blocks, down_super,
+                  activation):
+    """FeedForward for m one-token rows x [m, d]: down(act(gate(x)) * up(x)); constants as _attention's."""
+    acts = _activations(x, gu_blocks, gu_super)
     g = _product(gate, t_gate, acts, gate.shape[0])
     u = _product(up, t_up, acts, up.shape[0])
-    h = swiglu(g, u) if activation == ACT_SILU else geglu(g, u)
-    return _product(down, t_down, _activations(h, t_down, t_down, t_down), down.shape[0])
+    if activation == ACT_SILU:
+        h = swiglu(g, u)
+    else:
+        h = geglu(g, u)
+    return _product(down, t_down, _activations(h, down_blocks, down_super), down.shape[0])
+
+
+class StepKernels(NamedTuple):
+    """A block's one-call decode kernels: `step` = x + post(block(pre(x))), `token` = block(x)."""
+
+    step: object
+    token: object
+
+
+@functools.cache
+def attention_kernels(tq: int, tk: int, tv: int, to: int) -> StepKernels:
+    """The attention block's kernels for weights of types tq, tk, tv, to.
+
+    step(x, norms, eps, wq, wk, wv, wo, biases, head_norms, norm_eps, shape, cos, sin, rope_mode,
+    q_prescale, cache, slots, positions, window, scale, splits), norms = (pre, post or empty);
+    token: the same without norms and eps. The rest as _attention's."""
+    qkv_blocks, qkv_super = not all(map(_is_k, (tq, tk, tv))), any(map(_is_k, (tq, tk, tv)))
+    o_blocks, o_super = not _is_k(to), _is_k(to)
+
+    @njit(cache=True)
+    def step(x, norms, eps, wq, wk, wv, wo, biases, head_norms, norm_eps, shape, cos, sin, rope_mode, q_prescale,
+             cache, slots, positions, window, scale, splits):
+        h = rms_norm(x, norms[0], eps, np.empty_like(x))
+        return _residual(x, norms, eps, _attention(h, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super,
+                                                   o_blocks, o_super, biases, head_norms, norm_eps, shape, cos, sin,
+                                                   rope_mode, q_prescale, cache, slots, positions, window, scale,
+                                                   splits))
+
+    @njit(cache=True)
+    def token(x, wq, wk, wv, wo, biases, head_norms, norm_eps, shape, cos, sin, rope_mode, q_prescale, cache,
+              slots, positions, window, scale, splits):
+        return _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_blocks, o_super, biases,
+                          head_norms, norm_eps, shape, cos, sin, rope_mode, q_prescale, cache, slots, positions,
+                          window, scale, splits)
+
+    return StepKernels(step, token)
+
+
+@functools.cache
+def feed_forward_kernels(t_gate: int, t_up: int, t_down: int, activation: int) -> StepKernels:
+    """The feed-forward block's kernels: step(x, norms, eps, gate, up, down), token(x, gate, up, down)."""
+    gu_blocks, gu_super = not (_is_k(t_gate) and _is_k(t_up)), _is_k(t_gate) or _is_k(t_up)
+    down_blocks, down_super = not _is_k(t_down), _is_k(t_down)
+
+    @njit(cache=True)
+    def step(x, norms, eps, gate, up, down):
+        h = rms_norm(x, norms[0], eps, np.empty_like(x))
+        return _residual(x, norms, eps, _feed_forward(h, gate, t_gate, up, t_up, down, t_down, gu_blocks, gu_super,
+                                                      down_blocks, down_super, activation))
+
+    @njit(cache=True)
+    def token(x, gate, up, down):
+        return _feed_forward(x, gate, t_gate, up, t_up, down, t_down, gu_blocks, gu_super, down_blocks, down_super,
+                             activation)
+
+    return StepKernels(step, token)

@@ -6,7 +6,7 @@ from numba import njit, prange
 from ..quants._exact import PARALLEL_MIN_ROWS  # fewer rows (one token's heads) stay serial
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _rms_norm_row(x, weight, eps, out, i):
     d = x.shape[1]
     acc = 0.0
@@ -30,5 +30,5 @@ def rms_norm(x, weight, eps, out):
             _rms_norm_row(x, weight, eps, out, i)
     else:
         for i in prange(n):
-            _rms_norm_row(x, weight, eps, out, i)
+            _rms_norm_row(x, weight, eps, out, np.int64(i))
     return out

@@ -12,11 +12,11 @@ import numpy as np
 from ..gguf.reader import GGUFFile
 from ..kernels.activations import geglu, swiglu
 from ..kernels.attention import attention, attention_plain, split_cells
-from ..kernels.decode import ACT_GELU, ACT_SILU, attention_step, attention_token, feed_forward_step, feed_forward_token
+from ..kernels.decode import ACT_GELU, ACT_SILU, attention_kernels, feed_forward_kernels
 from ..kernels.norm import rms_norm
 from ..kernels.rope import apply_rope, rope_tables
 from ..quants import get_rows, linear
-from ..quants._inputs import packed_rows
+from ..quants._inputs import packed_rows, read_only
 from ..quants.products import QuantizedActivations, exact_product, is_exact, quantize_for
 from ..quants.types import quant_type
 from .batch import Batch
@@ -104,7 +104,7 @@ class Weights:
         return info
 
 
-_EMPTY = np.empty(0, np.float32)
+_EMPTY = read_only(np.empty(0, np.float32))  # read-only as the weights: one compiled signature
 
 
 def decode_step(batch: Batch) -> bool:
@@ -136,7 +136,7 @@ def fusable(*weights: Linear) -> bool:
 
 
 def norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    return rms_norm(x, weight, eps, np.empty_like(x))
+    return rms_norm(x, weight, np.float32(eps), np.empty_like(x))
 
 
 @dataclass
@@ -166,8 +166,8 @@ class AttentionLayer:
         pre, post = norms
         caches = self._step_caches(batch, layer)
         if caches is not None:
-            return attention_step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
-                                  *self._step_args(batch, caches, rope, scale, q_prescale))
+            return self._kernels().step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
+                                        *self._step_args(batch, caches, rope, scale, q_prescale))
         h = self(norm(x, pre, eps), batch, layer, rope, scale, q_prescale)
         return x + (h if post is None else norm(h, post, eps))
 
@@ -175,7 +175,7 @@ class AttentionLayer:
                  q_prescale: float = 1.0) -> np.ndarray:
         caches = self._step_caches(batch, layer)
         if caches is not None:
-            return attention_token(x, *self._step_args(batch, caches, rope, scale, q_prescale))
+            return self._kernels().token(x, *self._step_args(batch, caches, rope, scale, q_prescale))
         n = x.shape[0]
         act = self.wq.quantize(x)
         q, k, v = self.wq(x, act, batch), self.wk(x, act, batch), self.wv(x, act, batch)
@@ -211,16 +211,18 @@ class AttentionLayer:
             return step_caches(batch, layer)
         return None
 
+    def _kernels(self):
+        return attention_kernels(self.wq.type_id, self.wk.type_id, self.wv.type_id, self.wo.type_id)
+
     def _step_args(self, batch, caches, rope, scale, q_prescale):
-        """decode.attention_token's arguments after its input rows."""
+        """The one-call kernels' arguments after the input rows (and norms)."""
         arrays, slots = caches
         biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (_EMPTY,) * 3
         norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (_EMPTY,) * 2
         positions = np.array([s.pos0 for s in batch.segments], np.int64)
         splits = np.array([split_cells(s.pos0, s.cache.n_ctx) for s in batch.segments], np.int64)
         cos, sin = rope
-        return (self.wq.rows, self.wq.type_id, self.wk.rows, self.wk.type_id, self.wv.rows, self.wv.type_id,
-                self.wo.rows, self.wo.type_id, biases, norms, np.float32(self.norm_eps),
+        return (self.wq.rows, self.wk.rows, self.wv.rows, self.wo.rows, biases, norms, np.float32(self.norm_eps),
                 (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v), cos, sin, self.rope_mode,
                 float(q_prescale), arrays, slots, positions, self.window, float(scale), splits)
 
@@ -237,7 +239,8 @@ class FeedForward:
         numba call for a decode step."""
         pre, post = norms
         if self._one_call(x, batch):
-            return feed_forward_step(x, (pre, _EMPTY if post is None else post), np.float32(eps), *self._step_args())
+            return self._kernels().step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
+                                        self.gate.rows, self.up.rows, self.down.rows)
         h = self(norm(x, pre, eps), batch)
         return x + (h if post is None else norm(h, post, eps))
 
@@ -245,13 +248,13 @@ class FeedForward:
         one_row = batch is None and x.shape[0] == 1
         return (one_row or batch is not None and decode_step(batch)) and fusable(self.gate, self.up, self.down)
 
-    def _step_args(self):
-        return (self.gate.rows, self.gate.type_id, self.up.rows, self.up.type_id, self.down.rows, self.down.type_id,
-                ACT_SILU if self.activation == "silu" else ACT_GELU)
+    def _kernels(self):
+        return feed_forward_kernels(self.gate.type_id, self.up.type_id, self.down.type_id,
+                                    ACT_SILU if self.activation == "silu" else ACT_GELU)
 
     def __call__(self, x: np.ndarray, batch: Batch | None = None) -> np.ndarray:
         if self._one_call(x, batch):
-            return feed_forward_token(x, *self._step_args())
+            return self._kernels().token(x, self.gate.rows, self.up.rows, self.down.rows)
         gated = swiglu if self.activation == "silu" else geglu
         act = self.gate.quantize(x)
         return self.down(gated(self.gate(x, act, batch), self.up(x, act, batch)), batch=batch)

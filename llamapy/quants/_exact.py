@@ -44,10 +44,12 @@ ROWS_PER_TASK = 16
 
 # Row kernels (quantizers, norms, activations) run their rows in parallel from this many rows on;
 # fewer (a generated token, a decode step of a few sequences) stay serial: a parallel region costs ~3 us.
+# The parallel loops pass np.int64(row): prange counts in uint64, and a row function called with
+# both integer types would be compiled twice.
 PARALLEL_MIN_ROWS = 16
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _quantize_q8_row(x, q, d, s, t):
     for b in range(x.shape[1] // 32):
         amax = np.float32(0.0)
@@ -78,10 +80,10 @@ def quantize_q8(x, q, d, s):
             _quantize_q8_row(x, q, d, s, t)
     else:
         for t in prange(n):
-            _quantize_q8_row(x, q, d, s, t)
+            _quantize_q8_row(x, q, d, s, np.int64(t))
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _quantize_q8_k_row(x, q, d, bsums, t):
     for b in range(x.shape[1] // 256):
         base = b * 256
@@ -122,7 +124,7 @@ def quantize_q8_k(x, q, d, bsums):
             _quantize_q8_k_row(x, q, d, bsums, t)
     else:
         for t in prange(n):
-            _quantize_q8_k_row(x, q, d, bsums, t)
+            _quantize_q8_k_row(x, q, d, bsums, np.int64(t))
 
 
 @njit(cache=True)

@@ -10,6 +10,12 @@ of the weights to float.
 Unsigned quants (Q4_1, Q5_1) enter dot4 as they are. Offset ones (Q4_0: q - 8, Q5_0: q - 16)
 enter unsigned, and offset × (lane sum of the activations) is subtracted: the same integer.
 Q8_0's signed quants use ggml's own trick: |w| times x with w's sign moved onto x.
+
+Every kernel takes the weight type as an argument, and is meant to be called with it as a constant
+(products.q32_kernels' entry points, decode.py's step kernels): numba then compiles one copy per
+type the model uses, the type folded away in it. The helpers are separate numba functions, which
+LLVM inlines; only the 4 x 4 tile is inlined by numba, whose inlining costs seconds of compile
+per call site while a call per tile measured 10 % slower.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ _ONES = 0x01010101
 PREFETCH_ROWS = ROWS_PER_TASK
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _prefetch_rows(raw, first, count):
     """Hint the cache lines of rows first .. first+count-1 (clipped to the matrix)."""
     flat = raw.reshape(-1)
@@ -62,7 +68,7 @@ def _prefetch_rows(raw, first, count):
         prefetch(flat, p)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _lane_sums_row(xb, out, t):
     row, dst = xb[t], out[t]
     ones = splat_i32(_ONES)
@@ -81,11 +87,11 @@ def lane_sums(xb):
             _lane_sums_row(xb, out, t)
     else:
         for t in prange(n):
-            _lane_sums_row(xb, out, t)
+            _lane_sums_row(xb, out, np.int64(t))
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _block_quants(row, type_id, b):
     """Block b of a packed row: its 32 quants as bytes in element order (signed for Q8_0, else
     unsigned with Q4_0's / Q5_0's offset left in), its scale d and its min m (0 without one)."""
@@ -104,7 +110,7 @@ def _block_quants(row, type_id, b):
     return u, _half(row, base), mn
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _lane_sum(type_id, w, w_abs, xv, xsum, so):
     """The eight exact lane sums of a block's quants w (w_abs = |w|, Q8_0 only) with activation
     bytes xv, whose own lane sums are xsum[so:so+8] (for the offset of Q4_0 and Q5_0)."""
@@ -118,7 +124,7 @@ def _lane_sum(type_id, w, w_abs, xv, xsum, so):
     return s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _block_sum(row, type_id, b, x, o, xsum):
     """Block b of a packed row against the activation bytes x[o:o+32]: (lane sums, d_w, m_w)."""
     w, d, m = _block_quants(row, type_id, b)
@@ -126,7 +132,7 @@ def _block_sum(row, type_id, b, x, o, xsum):
     return _lane_sum(type_id, w, w_abs, load_words(x, o), xsum, 8 * b), d, m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _row_dot(row, type_id, x, xd, xs, xsum, nb):
     acc = vzero()
     mins = np.float32(0.0)
@@ -139,7 +145,7 @@ def _row_dot(row, type_id, x, xd, xs, xsum, nb):
     return _hsum(acc) + mins
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb):
     """Rows r..end-1, four at a time: four independent fma chains (each row's own, in ggml's order)
     keep the float pipes busy where one row's chain would wait on each multiply-add's latency."""
@@ -173,29 +179,20 @@ def _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb):
 
 @njit(cache=True, parallel=True)
 def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
-    """out[r] = W[r] · x for one token; xb its int8 quants as bytes, xsum their lane sums.
-
-    Each type gets its own copy of the row loop (type_id a constant in it, so no branch on the
-    type per block). Q8_0 keeps one row at a time: four rows of its signed blocks measured slower."""
+    """out[r] = W[r] · x for one token; xb its int8 quants as bytes, xsum their lane sums."""
     rows = raw.shape[0]
     nb = xb.shape[0] // 32
     for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r, end = task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)
-        if type_id == Q4_1:
-            _rows_x4(raw, Q4_1, xb, xd, xs, xsum, out, r, end, nb)
-        elif type_id == Q4_0:
-            _rows_x4(raw, Q4_0, xb, xd, xs, xsum, out, r, end, nb)
-        elif type_id == Q5_0:
-            _rows_x4(raw, Q5_0, xb, xd, xs, xsum, out, r, end, nb)
-        elif type_id == Q5_1:
-            _rows_x4(raw, Q5_1, xb, xd, xs, xsum, out, r, end, nb)
-        else:
-            for row in range(r, end):  # no prefetch: Q8_0's one-row loop measured slower with it
+        if type_id == Q8_0:  # one row at a time: four rows of its signed blocks measured slower
+            for row in range(r, end):  # and no prefetch, which measured slower too
                 out[row] = _row_dot(raw[row], Q8_0, xb, xd, xs, xsum, nb)
+        else:
+            _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb)
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _decode_row(row, type_id, nb, wu, ws, wo, wd, wm, i):
     """A row's quants as bytes at ws[wo:] (_block_quants'), and at wu[wo:] |w| for Q8_0."""
     for b in range(nb):
@@ -206,7 +203,7 @@ def _decode_row(row, type_id, nb, wu, ws, wo, wd, wm, i):
             istore(wu, wo + 8 * b, abs_bytes(w))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _decoded_sum(type_id, wu, ws, wo, xflat, xo, sflat, so):
     """Lane sums of the decoded block at wo against activation bytes xflat[xo:] (lane sums sflat[so:])."""
     w = iload(ws, wo)
@@ -214,7 +211,7 @@ def _decoded_sum(type_id, wu, ws, wo, xflat, xo, sflat, so):
     return _lane_sum(type_id, w, w_abs, load_words(xflat, xo), sflat, so)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _decoded_dot_x4(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r):
     """out[t:t+4, r] from decoded row i: its bytes loaded once for four tokens."""
     nb = wd.shape[1]
@@ -245,7 +242,7 @@ def _decoded_dot_x4(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r)
     out[t + 3, r] = _hsum(a3) + m3
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r):
     nb = wd.shape[1]
     k = nb * 32
@@ -260,7 +257,7 @@ def _decoded_dot_x1(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r)
     out[t, r] = _hsum(acc) + mins
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _x_block(type_id, xflat, sflat, xo, so):
     """A token's activation bytes of one block, and where its lane sums start from: minus the
     offset's term (8 or 16 x their own lane sums) for Q4_0 / Q5_0, else zero. dot4 adds the
@@ -274,14 +271,14 @@ def _x_block(type_id, xflat, sflat, xo, so):
     return xv, izero()
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _tile_sum(type_id, w, w_abs, xv, base):
     if type_id == Q8_0:
         return dot4(izero(), w_abs, sign_bytes(xv, w))
     return dot4(base, w, xv)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _row_step(type_id, wu, ws, wo, d, x0, x1, x2, x3, c0, c1, c2, c3, e0, e1, e2, e3, a0, a1, a2, a3):
     """One decoded block of a row (at wo, scale d) into its four tokens' accumulators."""
     w = iload(ws, wo)
@@ -293,12 +290,12 @@ def _row_step(type_id, wu, ws, wo, d, x0, x1, x2, x3, c0, c1, c2, c3, e0, e1, e2
     return a0, a1, a2, a3
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _min_step(m, s0, s1, s2, s3, m0, m1, m2, m3):
     return fma32(m, s0, m0), fma32(m, s1, m1), fma32(m, s2, m2), fma32(m, s3, m3)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _store_x4(out, t, r, a0, a1, a2, a3, m0, m1, m2, m3):
     out[t, r], out[t + 1, r] = _hsum(a0) + m0, _hsum(a1) + m1
     out[t + 2, r], out[t + 3, r] = _hsum(a2) + m2, _hsum(a3) + m3
@@ -346,7 +343,7 @@ def _decoded_tile(type_id, wu, ws, wd, wm, i, xflat, xd, xs, sflat, t, out, r):
     _store_x4(out, t, r + 3, a30, a31, a32, a33, m30, m31, m32, m33)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _task_rows(raw, type_id, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out):
     """Rows r0..r0+count-1 against every token: decoded once, then tiles of 4 rows x 4 tokens."""
     k = nb * 32
@@ -366,8 +363,8 @@ def _task_rows(raw, type_id, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd,
 @njit(cache=True, parallel=True)
 def dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
     """out[t, r] = W[r] · x[t] for a batch: a task decodes 16 rows to bytes once (an L1 scratch)
-    and runs the tokens over them in tiles of 4 rows x 4 tokens. Each type gets its own copy of the
-    task (type_id a constant in it), as in matvec_q32_int8. Flat arrays and offsets, no views, in the loops."""
+    and runs the tokens over them in tiles of 4 rows x 4 tokens. Flat arrays and offsets, no views,
+    in the loops."""
     rows = raw.shape[0]
     n, k = xb.shape
     nb = k // 32
@@ -381,16 +378,7 @@ def dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
         for task in range(part * tasks // parts, (part + 1) * tasks // parts):
             r0 = task * ROWS_PER_TASK
             count = min(rows, r0 + ROWS_PER_TASK) - r0
-            if type_id == Q5_0:
-                _task_rows(raw, Q5_0, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
-            elif type_id == Q4_0:
-                _task_rows(raw, Q4_0, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
-            elif type_id == Q4_1:
-                _task_rows(raw, Q4_1, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
-            elif type_id == Q5_1:
-                _task_rows(raw, Q5_1, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
-            else:
-                _task_rows(raw, Q8_0, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
+            _task_rows(raw, type_id, r0, count, n, nb, xflat, xd, xs, sflat, wu, ws, wd, wm, out)
     return out
 
 

@@ -16,7 +16,7 @@ from ._bits import fma32, load_words, vfloat, vfma, vsplat, vzero
 from ._exact import ROWS_PER_TASK, _hsum
 from ._int8 import PREFETCH_ROWS, _block_quants, _lane_sum, _prefetch_rows, _row_dot
 from ._isa import abs_bytes
-from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+from .types import Q4_1, Q5_1, Q8_0
 
 MAX_TOKENS = 8  # up to this many tokens take this kernel (exact_product's choice)
 
@@ -63,14 +63,5 @@ def dot_q32_few(raw, type_id, xb, xd, xs, xsum, out):
     nb = xb.shape[1] // 32
     for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r, end = task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)
-        if type_id == Q4_1:
-            _rows(raw, Q4_1, xb, xd, xs, xsum, out, r, end, nb)
-        elif type_id == Q4_0:
-            _rows(raw, Q4_0, xb, xd, xs, xsum, out, r, end, nb)
-        elif type_id == Q5_0:
-            _rows(raw, Q5_0, xb, xd, xs, xsum, out, r, end, nb)
-        elif type_id == Q5_1:
-            _rows(raw, Q5_1, xb, xd, xs, xsum, out, r, end, nb)
-        else:
-            _rows(raw, Q8_0, xb, xd, xs, xsum, out, r, end, nb)
+        _rows(raw, type_id, xb, xd, xs, xsum, out, r, end, nb)
     return out

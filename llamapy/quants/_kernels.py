@@ -15,6 +15,8 @@ serving dequantize, get_rows, matmul tiles and mat-vec alike.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -303,9 +305,12 @@ def _dec_f32(row, out):
         out[j] = load_f32(row, 4 * j)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def decode_row(type_id, row, out, corr):
     """Dequantize one packed row (uint8) into `out` (float32, n_cols).
+
+    Inlined, so that where type_id is a constant (rows_decoder's kernels) numba prunes the other
+    types' branches and compiles one decoder, not fourteen.
 
     Returns sum over blocks of min * corr[block] for Q4_1/Q5_1 (0 otherwise,
     or when `corr` is empty): the mat-vec adds it to reproduce llama.cpp's
@@ -342,12 +347,22 @@ def decode_row(type_id, row, out, corr):
     return np.float32(0.0)
 
 
-@njit(cache=True, parallel=True)
 def decode_rows(raw, type_id, ids, out):
-    """out[i] = dequantized raw[ids[i]]; rows are independent, so prange."""
-    none = np.zeros(0, np.float32)
-    for i in prange(ids.shape[0]):
-        decode_row(type_id, raw[ids[i]], out[i], none)
+    """out[i] = dequantized raw[ids[i]]."""
+    rows_decoder(int(type_id))(raw, ids, out)
+
+
+@functools.cache
+def rows_decoder(type_id: int):
+    """decode_rows' kernel for one type (a closure over it: only that type's decoder compiles)."""
+
+    @njit(cache=True, parallel=True)
+    def decode(raw, ids, out):
+        none = np.zeros(0, np.float32)
+        for i in prange(ids.shape[0]):  # rows are independent
+            decode_row(type_id, raw[ids[i]], out[i], none)
+
+    return decode
 
 
 # ---------------------------------------------------------------- products

@@ -10,10 +10,12 @@ does that.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba import njit
 
 from ._exact import quantize_q8, quantize_q8_k
 from ._inputs import float_rows, packed_rows, read_only
@@ -154,6 +156,34 @@ def is_exact(type_id: int) -> bool:
     return quant_type(type_id).exact is not None
 
 
+class Q32Kernels(NamedTuple):
+    """A 32-quant type's products (out, then the activations' bytes, d, Q8_1 sums, lane sums)."""
+
+    one: object  # one token: matvec_q32_int8
+    few: object  # up to MAX_TOKENS tokens, rows streamed: dot_q32_few
+    batch: object  # a prompt: dot_q32_int8
+
+
+@functools.cache
+def q32_kernels(type_id: int) -> Q32Kernels:
+    """The entry points of one 32-quant type. Closures over the type, so numba compiles the kernels
+    of the types a model holds (not all five), each with its type a constant."""
+
+    @njit(cache=True)
+    def one(raw, xb, xd, xs, xsum, out):
+        return matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out)
+
+    @njit(cache=True)
+    def few(raw, xb, xd, xs, xsum, out):
+        return dot_q32_few(raw, type_id, xb, xd, xs, xsum, out)
+
+    @njit(cache=True)
+    def batch(raw, xb, xd, xs, xsum, out):
+        return dot_q32_int8(raw, type_id, xb, xd, xs, xsum, out)
+
+    return Q32Kernels(one, few, batch)
+
+
 class QuantizedActivations(NamedTuple):
     """Activations as llama.cpp's 8-bit blocks: integer quants, scales, and the extra sums (Q8_1's
     d·Σq per 32, or Q8_K's Σq per 16). One set serves every weight of its family."""
@@ -238,9 +268,9 @@ def _product(rows, type_id, act: QuantizedActivations, tiled: bool, gemm_rows: i
     elif type_id == Q6_K:
         dot_q6_k_int8(rows, act.q8, act.d, act.extra, out, False)
     elif n == 1:
-        matvec_q32_int8(rows, type_id, act.q8[0], act.d[0], act.extra[0], act.lane_sums[0], out[0])
+        q32_kernels(type_id).one(rows, act.q8[0], act.d[0], act.extra[0], act.lane_sums[0], out[0])
     elif n <= MAX_TOKENS:  # a decode step of several sequences
-        dot_q32_few(rows, type_id, act.q8, act.d, act.extra, act.lane_sums, out)
+        q32_kernels(type_id).few(rows, act.q8, act.d, act.extra, act.lane_sums, out)
     else:
-        dot_q32_int8(rows, type_id, act.q8, act.d, act.extra, act.lane_sums, out)
+        q32_kernels(type_id).batch(rows, act.q8, act.d, act.extra, act.lane_sums, out)
     return out
