@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .kernels.attention import FA_TILE_Q
 from .kernels.kv_access import quantize_cells_q4_0, quantize_cells_q8_0
 
 
@@ -172,11 +173,14 @@ class KVCache:
         self.k[i].store(pos0, k)
         self.v[i].store(pos0, v)
 
-    def view(self, layer: int, n_filled: int, as_float: bool = False) -> tuple[np.ndarray, ...]:
-        """(key cells, key scales, value cells, value scales) of positions 0..n_filled-1; as_float:
-        decoded to float32 first (for many queries at once)."""
+    def view(self, layer: int, n_filled: int, n_queries: int = 1) -> tuple[np.ndarray, ...]:
+        """(key cells, key scales, value cells, value scales) of positions 0..n_filled-1, for
+        n_queries queries: decoded to float32 first where that pays or the kernel needs it (64
+        queries or more; several over quantized cells, which are slow to read one by one). Float16
+        cells are read as they are by fewer: the same values, and decoding the whole cache per pass
+        cost more than the attention (2-7x, 20 queries over 500-2000 cells)."""
         i = layer - self.first_layer
-        if as_float:
+        if n_queries >= FA_TILE_Q or n_queries > 1 and (self.type_k.block or self.type_v.block):
             return (*self.k[i].floats(n_filled), *self.v[i].floats(n_filled))
         return (*self.k[i].view(n_filled), *self.v[i].view(n_filled))
 

@@ -34,7 +34,7 @@ def attention(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out,
     n = q.shape[0]
     if n >= FA_TILE_Q:
         if k_cache.dtype != np.float32 or v_cache.dtype != np.float32:
-            raise TypeError("batches of 64 queries or more read the cache decoded to float32 (KVCache.view as_float)")
+            raise TypeError("batches of 64 queries or more read the cache decoded to float32 (KVCache.view)")
         return _attention_blocked(q, keys_by_tile(k_cache), values_by_tile(v_cache), pos0, window, scale, out)
     kernel = _attention_parallel if n > 1 else _attention_serial
     return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out,
@@ -198,7 +198,7 @@ def _pad(n: int) -> int:
     return (n + KV_PAD - 1) // KV_PAD * KV_PAD
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     n, n_head, d = q.shape
     group = n_head // k_cache.shape[1]
@@ -209,10 +209,7 @@ def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, sp
     qv = q[t, h].copy()
     for c in range(d):
         qv[c] = round_f16(qv[c])
-    if split_kv:
-        _attend_split(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, split_kv, out[t, h])
-    else:
-        _attend_one(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, True, out[t, h])
+    _attend_one(qv, k_cache, ks, v_cache, vs, h // group, first, pos + 1, scale, split_kv, out[t, h])
 
 
 @njit(cache=True, parallel=True)
@@ -222,7 +219,7 @@ def _attention_parallel(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, s
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _attention_serial(q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     for task in range(q.shape[0] * q.shape[1]):
         _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv)
@@ -261,28 +258,23 @@ def _add_value_f16(acc, v_cache, vs, j, kh, weight):
 
 
 @njit(cache=True)
-def _attend_one(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_precision, out):
-    """Online softmax over keys first..end-1 of kv head kh, written to out [dv]."""
-    running_max, total = _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_precision, out)
-    inv = np.float32(1.0) / total
-    for c in range(out.shape[0]):
-        out[c] = out[c] * inv
-
-
-@njit(cache=True)
-def _attend_split(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, n_kv, out):
-    """One token over n_kv cells cut in one chunk per thread, each summed apart, then merged."""
+def _attend_one(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, split_kv, out):
+    """One query's online softmax over keys first..end-1 of kv head kh, written to out [dv]; with
+    split_kv (llama.cpp's split of a long view, see split_cells) over that many cells cut in one
+    chunk per thread, each summed apart, then merged. Unsplit is the one-chunk case: merging a
+    single chunk multiplies by exp(0) = 1 and adds to zero, the chunk's own values."""
     dv = out.shape[0]
-    chunk = (n_kv + SPLIT_KV_THREADS - 1) // SPLIT_KV_THREADS
+    parts = SPLIT_KV_THREADS if split_kv else 1
+    chunk = (split_kv + SPLIT_KV_THREADS - 1) // SPLIT_KV_THREADS if split_kv else end
     part = np.empty(dv, dtype=np.float32)
     merged_max = np.float32(-np.inf)
     merged_total = np.float32(0.0)
     out[:] = 0.0
-    for c in range(SPLIT_KV_THREADS):
+    for c in range(parts):
         lo, hi = max(first, c * chunk), min(end, (c + 1) * chunk)
         if lo >= hi:
             continue
-        part_max, part_total = _online_softmax(qv, k_cache, ks, v_cache, vs, kh, lo, hi, scale, True, part)
+        part_max, part_total = _online_softmax(qv, k_cache, ks, v_cache, vs, kh, lo, hi, scale, part)
         new_max = max(merged_max, part_max)
         scale_old = np.float32(np.exp(np.float32(merged_max - new_max)))
         scale_new = np.float32(np.exp(np.float32(part_max - new_max)))
@@ -296,16 +288,17 @@ def _attend_split(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, n_kv, out
 
 
 @njit(cache=True, inline="always")
-def _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_precision, acc):
-    """ggml's one-query flash attention: acc gets the unnormalised weighted V sum; (max, sum) back."""
+def _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, acc):
+    """ggml's one-query flash attention (float16 V accumulator): acc gets the unnormalised weighted
+    V sum; (max, sum) back."""
     d = qv.shape[0]
     dv = acc.shape[0]
     acc[:] = 0.0
     running_max = np.float32(-np.inf)
     total = np.float32(0.0)
-    vector_v = half_precision and dv % 8 == 0
+    vector_v = dv % 8 == 0
     for j in range(first, end):
-        if half_precision and d % 32 == 0:
+        if d % 32 == 0:
             s = _dot_f16_order(qv, k_cache, ks, j, kh)
         else:
             s = np.float32(0.0)
@@ -321,18 +314,14 @@ def _online_softmax(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, half_pr
                 _rescale_f16(acc, rescale)
             else:
                 for c in range(dv):
-                    acc[c] *= rescale
-                    if half_precision:
-                        acc[c] = round_f16(acc[c])
+                    acc[c] = round_f16(acc[c] * rescale)
         else:
             weight = np.float32(np.exp(np.float32(s - running_max)))
         if vector_v:
             _add_value_f16(acc, v_cache, vs, j, kh, weight)
         else:
             for c in range(dv):
-                acc[c] = fma32(kv_value(v_cache, vs, j, kh, c), weight, acc[c])
-                if half_precision:
-                    acc[c] = round_f16(acc[c])
+                acc[c] = round_f16(fma32(kv_value(v_cache, vs, j, kh, c), weight, acc[c]))
         total = fma32(total, rescale, weight)
     return running_max, total
 

@@ -13,9 +13,10 @@ takes (the gemv arithmetic of K-quants, never the tiled or gemm one). Exact prod
 path. Caches come as [sequences, n_ctx, ...] arrays (a KVCache pool, or one cache with a leading
 axis of 1) with each row's index in them.
 
-The steps are compiled per combination of the block's weight types (attention_kernels,
-feed_forward_kernels: closures over the types, which fold as constants through the inlined
-functions below), so a model compiles the products of the types it holds, not of all seven.
+The steps are compiled per combination of the block's weight types and per row count, one or
+several (attention_kernels, feed_forward_kernels: closures over these, which fold as constants
+through the inlined functions below), so a model compiles the products of the types it holds, not
+of all seven, and a single sequence never compiles the few-token kernels.
 """
 
 from __future__ import annotations
@@ -75,27 +76,28 @@ def _activations(x, blocks, super_blocks):
 
 
 @njit(cache=True, inline="always")
-def _product(rows, type_id, acts, n_out):
-    """W · x for m one-token rows: float32 [m, n_out], by the kernel exact_product takes for one
-    token (several rows: the few-token kernel, the same bits; K-quants keep their gemv arithmetic)."""
+def _product(rows, type_id, acts, n_out, one_row):
+    """W · x for one-token rows: float32 [m, n_out], by the kernel exact_product takes for one token
+    (one_row a constant: several rows take the few-token kernel, the same bits; K-quants keep their
+    gemv arithmetic)."""
     blocks, super_blocks = acts
     m = blocks[0].shape[0]
     out = np.empty((m, n_out), np.float32)
     if type_id == Q4_K:
         q8, d, extra, _ = super_blocks
-        if m == 1:
+        if one_row:
             matvec_q4_k_int8(rows, q8[0], d[0], extra[0], out[0])
         else:
             dot_q4_k_int8(rows, q8, d, extra, out, 0)
     elif type_id == Q6_K:
         q8, d, extra, _ = super_blocks
-        if m == 1:
+        if one_row:
             matvec_q6_k_int8(rows, q8[0], d[0], extra[0], out[0])
         else:
             dot_q6_k_int8(rows, q8, d, extra, out, False)
     else:
         q8, d, extra, sums = blocks
-        if m == 1:
+        if one_row:
             matvec_q32_int8(rows, type_id, q8[0], d[0], extra[0], sums[0], out[0])
         else:
             dot_q32_few(rows, type_id, q8, d, extra, sums, out)
@@ -108,12 +110,36 @@ def _residual(x, norms, eps, block_out):
     post = norms[1]
     if post.shape[0]:
         block_out = rms_norm(block_out, post, eps, np.empty_like(block_out))
-    return x + block_out
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] + block_out[i, j]
+    return out
+
+
+# Element loops rather than numpy array expressions here: the same float32 operations, and a
+# tenth of the code for numba and LLVM to compile (broadcasting makes each expression large).
+@njit(cache=True)
+def _add_rows(y, bias):
+    """y[i] += bias for each row of y [m, n]."""
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            y[i, j] += bias[j]
+
+
+@njit(cache=True)
+def _scale(y, factor):
+    """y *= factor, y [m, heads, d]."""
+    for i in range(y.shape[0]):
+        for h in range(y.shape[1]):
+            for c in range(y.shape[2]):
+                y[i, h, c] *= factor
 
 
 @njit(cache=True, inline="always")
 def _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_blocks, o_super, biases, head_norms,
-               norm_eps, shape, cos, sin, rope_mode, q_prescale, cache, slots, positions, window, scale, splits):
+               norm_eps, shape, cos, sin, rope_mode, q_prescale, cache, slots, positions, window, scale, splits,
+               one_row):
     """AttentionLayer for m one-token rows x [m, d]: row i is at positions[i] of sequence slots[i],
     whose key and value it writes to the cache.
 
@@ -125,11 +151,13 @@ def _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_block
     n_head, n_head_kv, head_dim, head_dim_v = shape
     m = x.shape[0]
     acts = _activations(x, qkv_blocks, qkv_super)
-    q = _product(wq, tq, acts, n_head * head_dim)
-    k = _product(wk, tk, acts, n_head_kv * head_dim)
-    v = _product(wv, tv, acts, n_head_kv * head_dim_v)
+    q = _product(wq, tq, acts, n_head * head_dim, one_row)
+    k = _product(wk, tk, acts, n_head_kv * head_dim, one_row)
+    v = _product(wv, tv, acts, n_head_kv * head_dim_v, one_row)
     if biases[0].shape[0]:
-        q, k, v = q + biases[0], k + biases[1], v + biases[2]
+        _add_rows(q, biases[0])
+        _add_rows(k, biases[1])
+        _add_rows(v, biases[2])
     q = q.reshape(m, n_head, head_dim)
     k = k.reshape(m, n_head_kv, head_dim)
     v = v.reshape(m, n_head_kv, head_dim_v)
@@ -141,7 +169,7 @@ def _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_block
     apply_rope(q, cos, sin, rope_mode)
     apply_rope(k, cos, sin, rope_mode)
     if q_prescale != 1.0:
-        q *= np.float32(q_prescale)
+        _scale(q, np.float32(q_prescale))
     k_cells, k_scales, v_cells, v_scales = cache
     out = np.empty((m, n_head * head_dim_v), np.float32)
     for i in range(m):
@@ -149,25 +177,23 @@ def _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_block
         kc, ks, vc, vs = k_cells[s], k_scales[s], v_cells[s], v_scales[s]
         kv_store(kc, ks, pos, k[i:i + 1])
         kv_store(vc, vs, pos, v[i:i + 1])
-        row = np.empty((1, n_head, head_dim_v), np.float32)
         _attention_serial(q[i:i + 1].copy(), kc[:pos + 1], ks[:pos + 1], vc[:pos + 1], vs[:pos + 1], pos,
-                          window, np.float32(scale), row, splits[i])
-        out[i] = row.reshape(-1)
-    return _product(wo, to, _activations(out, o_blocks, o_super), wo.shape[0])
+                          window, np.float32(scale), out[i].reshape(1, n_head, head_dim_v), splits[i])
+    return _product(wo, to, _activations(out, o_blocks, o_super), wo.shape[0], one_row)
 
 
 @njit(cache=True, inline="always")
 def _feed_forward(x, gate, t_gate, up, t_up, down, t_down, gu_blocks, gu_super, down_blocks, down_super,
-                  activation):
+                  activation, one_row):
     """FeedForward for m one-token rows x [m, d]: down(act(gate(x)) * up(x)); constants as _attention's."""
     acts = _activations(x, gu_blocks, gu_super)
-    g = _product(gate, t_gate, acts, gate.shape[0])
-    u = _product(up, t_up, acts, up.shape[0])
+    g = _product(gate, t_gate, acts, gate.shape[0], one_row)
+    u = _product(up, t_up, acts, up.shape[0], one_row)
     if activation == ACT_SILU:
         h = swiglu(g, u)
     else:
         h = geglu(g, u)
-    return _product(down, t_down, _activations(h, down_blocks, down_super), down.shape[0])
+    return _product(down, t_down, _activations(h, down_blocks, down_super), down.shape[0], one_row)
 
 
 class StepKernels(NamedTuple):
@@ -178,8 +204,9 @@ class StepKernels(NamedTuple):
 
 
 @functools.cache
-def attention_kernels(tq: int, tk: int, tv: int, to: int) -> StepKernels:
-    """The attention block's kernels for weights of types tq, tk, tv, to.
+def attention_kernels(tq: int, tk: int, tv: int, to: int, one_row: bool) -> StepKernels:
+    """The attention block's kernels for weights of types tq, tk, tv, to, for steps of one row
+    (one_row) or of several.
 
     step(x, norms, eps, wq, wk, wv, wo, biases, head_norms, norm_eps, shape, cos, sin, rope_mode,
     q_prescale, cache, slots, positions, window, scale, splits), norms = (pre, post or empty);
@@ -194,20 +221,20 @@ def attention_kernels(tq: int, tk: int, tv: int, to: int) -> StepKernels:
         return _residual(x, norms, eps, _attention(h, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super,
                                                    o_blocks, o_super, biases, head_norms, norm_eps, shape, cos, sin,
                                                    rope_mode, q_prescale, cache, slots, positions, window, scale,
-                                                   splits))
+                                                   splits, one_row))
 
     @njit(cache=True)
     def token(x, wq, wk, wv, wo, biases, head_norms, norm_eps, shape, cos, sin, rope_mode, q_prescale, cache,
               slots, positions, window, scale, splits):
         return _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_blocks, o_super, biases,
                           head_norms, norm_eps, shape, cos, sin, rope_mode, q_prescale, cache, slots, positions,
-                          window, scale, splits)
+                          window, scale, splits, one_row)
 
     return StepKernels(step, token)
 
 
 @functools.cache
-def feed_forward_kernels(t_gate: int, t_up: int, t_down: int, activation: int) -> StepKernels:
+def feed_forward_kernels(t_gate: int, t_up: int, t_down: int, activation: int, one_row: bool) -> StepKernels:
     """The feed-forward block's kernels: step(x, norms, eps, gate, up, down), token(x, gate, up, down)."""
     gu_blocks, gu_super = not (_is_k(t_gate) and _is_k(t_up)), _is_k(t_gate) or _is_k(t_up)
     down_blocks, down_super = not _is_k(t_down), _is_k(t_down)
@@ -216,11 +243,11 @@ def feed_forward_kernels(t_gate: int, t_up: int, t_down: int, activation: int) -
     def step(x, norms, eps, gate, up, down):
         h = rms_norm(x, norms[0], eps, np.empty_like(x))
         return _residual(x, norms, eps, _feed_forward(h, gate, t_gate, up, t_up, down, t_down, gu_blocks, gu_super,
-                                                      down_blocks, down_super, activation))
+                                                      down_blocks, down_super, activation, one_row))
 
     @njit(cache=True)
     def token(x, gate, up, down):
         return _feed_forward(x, gate, t_gate, up, t_up, down, t_down, gu_blocks, gu_super, down_blocks, down_super,
-                             activation)
+                             activation, one_row)
 
     return StepKernels(step, token)

@@ -88,7 +88,12 @@ def _kv_store(cells, scales, pos, x):
     dtype = cells.dtype
     if dtype == types.float32:
         def f32(cells, scales, pos, x):
-            cells[pos] = x[0]
+            # element by element: a slice assignment would compile numba's shape-mismatch message
+            # formatter (seconds of a cold start)
+            heads, d = x.shape[1], x.shape[2]
+            for h in range(heads):
+                for i in range(d):
+                    cells[pos, h, i] = x[0, h, i]
         return f32
     if dtype == types.uint16:
         def f16(cells, scales, pos, x):

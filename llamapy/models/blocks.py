@@ -166,8 +166,8 @@ class AttentionLayer:
         pre, post = norms
         caches = self._step_caches(batch, layer)
         if caches is not None:
-            return self._kernels().step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
-                                        *self._step_args(batch, caches, rope, scale, q_prescale))
+            return self._kernels(x).step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
+                                         *self._step_args(batch, caches, rope, scale, q_prescale))
         h = self(norm(x, pre, eps), batch, layer, rope, scale, q_prescale)
         return x + (h if post is None else norm(h, post, eps))
 
@@ -175,7 +175,7 @@ class AttentionLayer:
                  q_prescale: float = 1.0) -> np.ndarray:
         caches = self._step_caches(batch, layer)
         if caches is not None:
-            return self._kernels().token(x, *self._step_args(batch, caches, rope, scale, q_prescale))
+            return self._kernels(x).token(x, *self._step_args(batch, caches, rope, scale, q_prescale))
         n = x.shape[0]
         act = self.wq.quantize(x)
         q, k, v = self.wq(x, act, batch), self.wk(x, act, batch), self.wv(x, act, batch)
@@ -195,7 +195,7 @@ class AttentionLayer:
         out = np.empty((n, self.n_head, self.head_dim_v), dtype=np.float32)
         for s in batch.segments:
             s.cache.store(layer, s.pos0, k[s.start:s.stop], v[s.start:s.stop])
-            cells = s.cache.view(layer, s.pos0 + s.n, as_float=s.n > 1)
+            cells = s.cache.view(layer, s.pos0 + s.n, s.n)
             if s.cache.flash_attn:
                 attention(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
                           out[s.start:s.stop], s.cache.n_ctx)
@@ -211,8 +211,8 @@ class AttentionLayer:
             return step_caches(batch, layer)
         return None
 
-    def _kernels(self):
-        return attention_kernels(self.wq.type_id, self.wk.type_id, self.wv.type_id, self.wo.type_id)
+    def _kernels(self, x):
+        return attention_kernels(self.wq.type_id, self.wk.type_id, self.wv.type_id, self.wo.type_id, x.shape[0] == 1)
 
     def _step_args(self, batch, caches, rope, scale, q_prescale):
         """The one-call kernels' arguments after the input rows (and norms)."""
@@ -239,8 +239,8 @@ class FeedForward:
         numba call for a decode step."""
         pre, post = norms
         if self._one_call(x, batch):
-            return self._kernels().step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
-                                        self.gate.rows, self.up.rows, self.down.rows)
+            return self._kernels(x).step(x, (pre, _EMPTY if post is None else post), np.float32(eps),
+                                         self.gate.rows, self.up.rows, self.down.rows)
         h = self(norm(x, pre, eps), batch)
         return x + (h if post is None else norm(h, post, eps))
 
@@ -248,13 +248,13 @@ class FeedForward:
         one_row = batch is None and x.shape[0] == 1
         return (one_row or batch is not None and decode_step(batch)) and fusable(self.gate, self.up, self.down)
 
-    def _kernels(self):
+    def _kernels(self, x):
         return feed_forward_kernels(self.gate.type_id, self.up.type_id, self.down.type_id,
-                                    ACT_SILU if self.activation == "silu" else ACT_GELU)
+                                    ACT_SILU if self.activation == "silu" else ACT_GELU, x.shape[0] == 1)
 
     def __call__(self, x: np.ndarray, batch: Batch | None = None) -> np.ndarray:
         if self._one_call(x, batch):
-            return self._kernels().token(x, self.gate.rows, self.up.rows, self.down.rows)
+            return self._kernels(x).token(x, self.gate.rows, self.up.rows, self.down.rows)
         gated = swiglu if self.activation == "silu" else geglu
         act = self.gate.quantize(x)
         return self.down(gated(self.gate(x, act, batch), self.up(x, act, batch)), batch=batch)
