@@ -15,6 +15,8 @@ that have a weighted search (llama.cpp's *_impl functions) take it, the others i
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -1029,9 +1031,12 @@ def _floats(x, out, type_id):
 # ---------------------------------------------------------------- dispatch
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def quantize_row(type_id, x, qw, out):
-    """One float32 row -> one packed row of `type_id` (qw: importance, or empty)."""
+    """One float32 row -> one packed row of `type_id` (qw: importance, or empty).
+
+    Inlined, so that where type_id is a constant (the kernels below) numba prunes the other types'
+    branches and compiles one quantizer, not twelve."""
     if type_id == Q8_0:
         _q8_0(x, out)
     elif type_id == Q4_0:
@@ -1058,30 +1063,43 @@ def quantize_row(type_id, x, qw, out):
         _floats(x, out, type_id)
 
 
-@njit(cache=True, parallel=True)
-def quantize_rows(type_id, x, qw, out):
-    """out[r] = quantize(x[r]) for every row; rows are independent, so prange."""
-    for r in prange(x.shape[0]):
-        quantize_row(type_id, x[r], qw, out[r])
+@functools.cache
+def rows_quantizer(type_id: int):
+    """The kernel quantize(x, qw, out): out[r] = quantize(x[r]) for every row (rows are independent,
+    so prange), for one type: a closure over it, so that only its quantizer compiles."""
+
+    @njit(cache=True, parallel=True)
+    def quantize(x, qw, out):
+        for r in prange(x.shape[0]):
+            quantize_row(type_id, x[r], qw, out[r])
+
+    return quantize
 
 
 # Rows converted per task: one float32 scratch row serves them all.
 _CHUNK = 16
 
 
-@njit(cache=True, parallel=True)
-def convert_rows(src_type, raw, dst_type, qw, out, n_cols):
-    """out[r] = quantize(decode(raw[r])): packed rows of src_type re-encoded as dst_type in one
-    pass, each row decoded into an L1-resident scratch row (llama-quantize's dequantize-then-
-    quantize, without a float32 copy of the tensor).
+@functools.cache
+def rows_converter(src_type: int, dst_type: int):
+    """The kernel convert(raw, qw, out, n_cols): out[r] = quantize(decode(raw[r])), packed rows of
+    src_type re-encoded as dst_type in one pass, each row decoded into an L1-resident scratch row
+    (llama-quantize's dequantize-then-quantize, without a float32 copy of the tensor). One per
+    pair of types, so that a model compiles the decoders and quantizers it uses, not 14 x 12 of
+    them (a cold first quantize took 70 s when they were one kernel).
 
     decode_row is compiled into this kernel: numba's cache keys on this file only, so an edit
     to the decoders in quants/_kernels.py needs this file touched too (any edit) to recompile.
     """
-    n_rows = raw.shape[0]
-    none = np.zeros(0, np.float32)
-    for t in prange((n_rows + _CHUNK - 1) // _CHUNK):
-        row = np.empty(n_cols, np.float32)
-        for r in range(t * _CHUNK, min(n_rows, (t + 1) * _CHUNK)):
-            decode_row(src_type, raw[r], row, none)
-            quantize_row(dst_type, row, qw, out[r])
+
+    @njit(cache=True, parallel=True)
+    def convert(raw, qw, out, n_cols):
+        n_rows = raw.shape[0]
+        none = np.zeros(0, np.float32)
+        for t in prange((n_rows + _CHUNK - 1) // _CHUNK):
+            row = np.empty(n_cols, np.float32)
+            for r in range(t * _CHUNK, min(n_rows, (t + 1) * _CHUNK)):
+                decode_row(src_type, raw[r], row, none)
+                quantize_row(dst_type, row, qw, out[r])
+
+    return convert

@@ -8,7 +8,7 @@ import numpy as np
 from ..quants._inputs import packed_rows, read_only
 from ..quants.dequant import dequantize
 from ..quants.types import F32, UnsupportedQuantType, quant_type, row_bytes
-from ._kernels import convert_rows, quantize_rows
+from ._kernels import rows_converter, rows_quantizer
 
 _NO_WEIGHTS = read_only(np.zeros(0, np.float32))
 
@@ -25,7 +25,7 @@ def quantize(x: np.ndarray, type_id: int, importance: np.ndarray | None = None) 
         rows = rows.reshape(1, -1)
     n_cols = rows.shape[1]
     out = np.empty((rows.shape[0], row_bytes(type_id, n_cols)), np.uint8)
-    quantize_rows(int(type_id), read_only(rows), _weights(importance, n_cols), out)
+    rows_quantizer(int(type_id))(read_only(rows), _weights(importance, n_cols), out)
     return out
 
 
@@ -59,5 +59,5 @@ def convert(raw: np.ndarray, src_type: int, dst_type: int, n_cols: int, importan
     # Hand the 16-row tasks out one at a time rather than in one half per thread: on a shared
     # machine a thread that loses its core then delays only its current task, not half the tensor.
     with numba.parallel_chunksize(1):
-        convert_rows(int(src_type), rows, int(dst_type), _weights(importance, n_cols), out, n_cols)
+        rows_converter(int(src_type), int(dst_type))(rows, _weights(importance, n_cols), out, n_cols)
     return out
