@@ -1,10 +1,11 @@
 """The one-token products of 32-quant blocks (quants/_int8.py) against the batch kernel, row by row.
 
 The three are separate code (the one-token kernel runs four rows side by side; the few-token kernel
-streams rows, each block unpacked once for four tokens; the batch kernel decodes rows to bytes first), written to the same arithmetic:
-ggml's per-row order of float operations. Equal bits between them for every type, for row counts
-that do and do not fill the four-row groups, is what keeps the matvec on llama.cpp's numbers for
-the types the reference models do not carry (Q4_0, Q5_0, Q5_1)."""
+streams rows, each block unpacked once for four tokens; the batch kernel decodes rows to bytes
+first), written to the same arithmetic: ggml's per-row order of float operations. Equal bits
+between them for every type, for row counts that do and do not fill the four-row groups, is what
+keeps the matvec on llama.cpp's numbers for the types the reference models do not carry (Q4_0,
+Q5_0, Q5_1)."""
 
 import numpy as np
 import pytest

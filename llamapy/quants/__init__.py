@@ -1,9 +1,12 @@
 """Quantized tensor kernels: GGUF block formats, dequantization, and the
-fused products llama.cpp's CPU backend runs (activations quantized first)."""
+fused products llama.cpp's CPU backend runs (activations quantized first).
 
-from .activations import quantize_activations
-from .dequant import dequantize, dequantize_rows, get_rows
-from .products import linear, matmul, matvec
+The kernels are imported on first use: a command that needs only the type table (quantize, the
+GGUF reader) does not pay for defining the product kernels.
+"""
+
+from importlib import import_module
+
 from .types import (
     ACTIVATION_TYPES,
     BF16,
@@ -28,6 +31,18 @@ from .types import (
     row_bytes,
     type_name,
 )
+
+_LAZY = {
+    "quantize_activations": "activations", "dequantize": "dequant", "dequantize_rows": "dequant",
+    "get_rows": "dequant", "linear": "products", "matmul": "products", "matvec": "products",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ACTIVATION_TYPES",

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import gguf
-
 F32 = 0
 F16 = 1
 Q4_0 = 2
@@ -129,6 +127,10 @@ ACTIVATION_TYPES: dict[int, str] = {
 
 def type_name(type_id: int) -> str:
     """The ggml name of a type id, also for ids llamapy does not support."""
+    if int(type_id) in QUANT_TYPES:
+        return QUANT_TYPES[int(type_id)].name
+    import gguf  # gguf-py's table, for ids we do not know; importing it costs 0.1 s of start-up
+
     try:
         return gguf.GGMLQuantizationType(int(type_id)).name
     except ValueError:
