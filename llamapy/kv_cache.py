@@ -176,11 +176,13 @@ class KVCache:
     def view(self, layer: int, n_filled: int, n_queries: int = 1) -> tuple[np.ndarray, ...]:
         """(key cells, key scales, value cells, value scales) of positions 0..n_filled-1, for
         n_queries queries: decoded to float32 first where that pays or the kernel needs it (64
-        queries or more; several over quantized cells, which are slow to read one by one). Float16
-        cells are read as they are by fewer: the same values, and decoding the whole cache per pass
-        cost more than the attention (2-7x, 20 queries over 500-2000 cells)."""
+        queries or more; several over quantized cells or without flash attention, whose kernels
+        read cells one value at a time). Flash attention reads float16 cells as they are for fewer
+        queries: the same values, and decoding the whole cache per pass cost more than the
+        attention itself (2-7x, 20 queries over 500-2000 cells)."""
         i = layer - self.first_layer
-        if n_queries >= FA_TILE_Q or n_queries > 1 and (self.type_k.block or self.type_v.block):
+        one_by_one = self.type_k.block or self.type_v.block or not self.flash_attn
+        if n_queries >= FA_TILE_Q or n_queries > 1 and one_by_one:
             return (*self.k[i].floats(n_filled), *self.v[i].floats(n_filled))
         return (*self.k[i].view(n_filled), *self.v[i].view(n_filled))
 
