@@ -185,7 +185,10 @@ def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
     for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r, end = task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)
         if type_id == Q8_0:  # one row at a time: four rows of its signed blocks measured slower
-            for row in range(r, end):  # and no prefetch, which measured slower too
+            # The prefetch measured slower in a loop over one matrix (it stays cached) but 1.2x
+            # faster in decoding, where the head (Gemma's 178 MB) comes from memory every token.
+            _prefetch_rows(raw, r + PREFETCH_ROWS, ROWS_PER_TASK)
+            for row in range(r, end):
                 out[row] = _row_dot(raw[row], Q8_0, xb, xd, xs, xsum, nb)
         else:
             _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb)
