@@ -119,6 +119,9 @@ CacheTypeV = Annotated[str, typer.Option("-ctv", "--cache-type-v", help="KV cach
                                          "q4_0 (quantized needs -fa on/auto).")]
 FlashAttn = Annotated[str, typer.Option("-fa", "--flash-attn", help="Flash attention: on, off or auto (= on).")]
 Mlock = Annotated[bool, typer.Option("--mlock", help="Keep the weights in RAM (mlock).")]
+Numerics = Annotated[str, typer.Option(
+    "--numerics", help="exact: llama.cpp's AVX2 arithmetic bit for bit; fast: without its attention split and "
+    "batch-size kernel choices (docs/performance.md).")]
 NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the model into memory instead of mapping it.")]
 GpuLayers = Annotated[str | None, typer.Option("-ngl", "--n-gpu-layers", "--gpu-layers",
                                                help="Accepted for llama.cpp command lines; llamapy has no GPU "
@@ -133,14 +136,15 @@ def warn_gpu_layers(n_gpu_layers) -> None:
 
 
 def run_options(threads=None, threads_batch=None, ubatch=512, cache_type_k="f16", cache_type_v="f16",
-                flash_attn="auto", mlock=False, no_mmap=False, n_gpu_layers=None):
+                flash_attn="auto", mlock=False, no_mmap=False, n_gpu_layers=None, numerics="exact"):
     """The RunOptions of a command line (a bad value is a one-line error); -ngl gets its one line."""
     from llamapy.options import RunOptions
 
     warn_gpu_layers(n_gpu_layers)
     return RunOptions(threads=threads if threads and threads > 0 else None, threads_batch=threads_batch,
                       n_ubatch=ubatch, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                      flash_attn=str(flash_attn).lower(), use_mmap=not no_mmap, use_mlock=mlock)
+                      flash_attn=str(flash_attn).lower(), use_mmap=not no_mmap, use_mlock=mlock,
+                      numerics=str(numerics).lower())
 
 
 def open_model(spec: str | None, hf_repo: str | None = None, rpc: str | None = None,

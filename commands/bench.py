@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import Rpc, TensorSplit, fail, open_model, user_errors, warn_gpu_layers
+from ._common import Numerics, Rpc, TensorSplit, fail, open_model, user_errors, warn_gpu_layers
 
 LIST_HELP = "List: 128,512 or a range such as 64-512*2; the flag may repeat."
 
@@ -62,16 +62,22 @@ def bench(
     mmap: Mmap = None,
     n_gpu_layers: str = typer.Option(None, "-ngl", "--n-gpu-layers", help="Accepted for llama-bench command "
                                      "lines; llamapy has no GPU backend yet."),
+    numerics: Numerics = "exact",
 ) -> None:
     import numba
 
     from llamapy import bench as lb
     from llamapy.hub import resolve_hf, resolve_model
+    from llamapy.numerics import numerics as numerics_profile
 
     if output not in lb.FORMATS:
         fail(f"unknown output format {output!r} for -o (one of: {', '.join(lb.FORMATS)})")
     if reps < 1:
         fail(f"-r must be at least 1, got {reps}")
+    try:
+        numerics_profile(numerics.lower())
+    except ValueError as e:
+        fail(str(e))
     batches = _ints("-b", n_batch, [lb.DEFAULT_N_BATCH])
     thread_counts = _ints("-t", threads, [numba.config.NUMBA_NUM_THREADS])
     _check_threads(thread_counts, numba.config.NUMBA_NUM_THREADS)
@@ -99,7 +105,8 @@ def bench(
                               swept=lb.swept(tests))
     _emit(printer.header())
     hops: list[dict] = []  # --rpc: per-hop latency of each test, printed after the table
-    legend = _run_all(lb, tests, reps, not no_warmup, bandwidth, printer, say, (rpc, tensor_split), hops)
+    legend = _run_all(lb, tests, reps, not no_warmup, bandwidth, printer, say, (rpc, tensor_split), hops,
+                      numerics.lower())
     _emit(printer.footer())
     if hops:
         from llamapy.distributed.report import hop_table
@@ -110,7 +117,8 @@ def bench(
             print(hop_table(hops, legend), file=sys.stderr, end="")
 
 
-def _run_all(lb, tests, reps, warmup, bandwidth, printer, say, remote=(None, None), hops=None) -> str:
+def _run_all(lb, tests, reps, warmup, bandwidth, printer, say, remote=(None, None), hops=None,
+             numerics="exact") -> str:
     from llamapy.options import RunOptions
 
     loaded, info, loaded_mmap = None, None, True
@@ -122,7 +130,7 @@ def _run_all(lb, tests, reps, warmup, bandwidth, printer, say, remote=(None, Non
         # Tests come model by model, so each model is opened once.
         if loaded is None or loaded.path != test.model or loaded_mmap != test.use_mmap:
             loaded = None  # drop the previous model's mapping before opening the next
-            loaded = open_model(test.model, None, *remote, RunOptions(use_mmap=test.use_mmap))
+            loaded = open_model(test.model, None, *remote, RunOptions(use_mmap=test.use_mmap, numerics=numerics))
             loaded_mmap = test.use_mmap
             info = lb.describe(loaded)
         started = lb.now_rfc3339()

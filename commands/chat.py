@@ -26,6 +26,7 @@ from ._common import (
     GpuLayers,
     Mlock,
     NoMmap,
+    Numerics,
     Rpc,
     TensorSplit,
     ThreadsBatch,
@@ -267,6 +268,7 @@ def chat(
     mlock: Mlock = False,
     no_mmap: NoMmap = False,
     n_gpu_layers: GpuLayers = None,
+    numerics: Numerics = "exact",
 ) -> None:
     from llamapy.chat import Chat, read_template_file
 
@@ -279,7 +281,7 @@ def chat(
     template_text = read_template_file(chat_template_file) if chat_template_file else chat_template
     m = open_model(model, hf_repo, rpc, tensor_split,
                    run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock,
-                               no_mmap, n_gpu_layers))
+                               no_mmap, n_gpu_layers, numerics))
     fmt = m.chat_format(template_text)
     if fmt.chosen_from_tokens:
         say(f"chat: the model has no chat template; using the built-in '{fmt.name}' (chosen from its special tokens)")

@@ -20,6 +20,7 @@ from ._common import (
     GpuLayers,
     Mlock,
     NoMmap,
+    Numerics,
     Rpc,
     TensorSplit,
     ThreadsBatch,
@@ -64,6 +65,7 @@ def perplexity(
     mlock: Mlock = False,
     no_mmap: NoMmap = False,
     n_gpu_layers: GpuLayers = None,
+    numerics: Numerics = "exact",
 ) -> None:
     if output_format not in ("text", "json"):
         fail(f"unknown output format {output_format!r} (-o): use text or json")
@@ -78,7 +80,7 @@ def perplexity(
     set_threads(threads)
     as_json = output_format == "json"
     options = run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock, no_mmap,
-                          n_gpu_layers)
+                          n_gpu_layers, numerics)
     load = functools.partial(open_model, model, None, rpc, tensor_split, options)
     if kl_divergence:
         return compare_with_base(load, kl_base, batch_size, chunks, as_json)

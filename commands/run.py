@@ -15,6 +15,7 @@ from ._common import (
     GpuLayers,
     Mlock,
     NoMmap,
+    Numerics,
     Rpc,
     TensorSplit,
     ThreadsBatch,
@@ -62,6 +63,7 @@ def run(
     mlock: Mlock = False,
     no_mmap: NoMmap = False,
     n_gpu_layers: GpuLayers = None,
+    numerics: Numerics = "exact",
 ) -> None:
     launched = time.perf_counter()
     set_threads(threads)
@@ -75,7 +77,7 @@ def run(
         fail(f"context size must be positive, got {ctx_size}")
     m = open_model(model, hf_repo, rpc, tensor_split,
                    run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock,
-                               no_mmap, n_gpu_layers))
+                               no_mmap, n_gpu_layers, numerics))
     options = sampling_options(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
     timings = None
     for step in m.generate(prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size, **options):

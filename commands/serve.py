@@ -22,6 +22,7 @@ from ._common import (
     GpuLayers,
     Mlock,
     NoMmap,
+    Numerics,
     Rpc,
     TensorSplit,
     ThreadsBatch,
@@ -79,6 +80,7 @@ def serve(
     mlock: Mlock = False,
     no_mmap: NoMmap = False,
     n_gpu_layers: GpuLayers = None,
+    numerics: Numerics = "exact",
 ) -> None:
     import uvicorn
 
@@ -99,7 +101,7 @@ def serve(
         fail("--api-key must not be empty")
     template = read_template_file(chat_template_file) if chat_template_file else chat_template
     options = run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock, no_mmap,
-                          n_gpu_layers)
+                          n_gpu_layers, numerics)
     path = model_path(model, hf_repo)  # a missing file fails here, before anything listens
 
     def load():

@@ -13,6 +13,7 @@ from ._common import (
     GpuLayers,
     Mlock,
     NoMmap,
+    Numerics,
     Rpc,
     TensorSplit,
     ThreadsBatch,
@@ -41,11 +42,12 @@ def simple(
     mlock: Mlock = False,
     no_mmap: NoMmap = False,
     n_gpu_layers: GpuLayers = None,
+    numerics: Numerics = "exact",
 ) -> None:
     set_threads(threads)
     m = open_model(model, hf_repo, rpc, tensor_split,
                    run_options(threads, threads_batch, ubatch_size, cache_type_k, cache_type_v, flash_attn, mlock,
-                               no_mmap, n_gpu_layers))
+                               no_mmap, n_gpu_layers, numerics))
     ids = m.tokenize(prompt)
     out = sys.stdout
     out.write(prompt)

@@ -35,11 +35,12 @@ _numba_cache_dir()
 _named_cpu_features()
 
 
-def load(path=None):
-    """Open a GGUF model (None: the default SmolLM2-135M-Instruct); see llamapy.model.Model."""
+def load(path=None, options=None):
+    """Open a GGUF model (None: the default SmolLM2-135M-Instruct) with RunOptions (llamapy.options);
+    see llamapy.model.Model."""
     from .model import load as _load
 
-    return _load(path)
+    return _load(path, options)
 
 
 __all__ = ["__version__", "load"]

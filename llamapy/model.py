@@ -16,6 +16,7 @@ from .gguf.split import open_gguf as GGUFFile  # split-aware: a -00001-of-0000N.
 from .kv_cache import KVCache
 from .models import check_architecture
 from .models.blocks import Weights
+from .numerics import numerics
 from .options import RunOptions
 from .sampling import SamplingParams
 from .session import Session
@@ -45,7 +46,7 @@ class Model:
             self.tokenizer = Tokenizer.from_gguf(kv)
         except ValueError as e:  # the tokenizer raises ValueError only for metadata it cannot run
             raise ModelFileError(f"{self.path}: {e}") from None
-        self.net = architecture(Weights(self.gguf), self.config)
+        self.net = architecture(Weights(self.gguf, numerics(self.options.numerics)), self.config)
         self.net.cache_types = (self.options.cache_type_k, self.options.cache_type_v)
         self.net.flash_attn = self.options.flash
         self._governors: dict[int, ThreadGovernor] = {}  # one per requested thread count

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .kv_cache import cache_type, check_attention
+from .numerics import DEFAULT, numerics
 
 FLASH_ATTN = ("on", "off", "auto")
 
@@ -26,6 +27,8 @@ class RunOptions:
     # Generation measures N threads against one and keeps the faster (threads.py): load on a core
     # must not make -t N slower than -t 1. Off: always -t (--no-adaptive-threads).
     adaptive_threads: bool = True
+    # --numerics: exact (llama.cpp's AVX2 arithmetic bit for bit) or fast (numerics.py)
+    numerics: str = DEFAULT.name
 
     def __post_init__(self):
         for name in ("threads", "threads_batch"):
@@ -39,6 +42,7 @@ class RunOptions:
         if self.flash_attn not in FLASH_ATTN:
             raise ValueError(f"-fa takes on, off or auto, not {self.flash_attn!r}")
         check_attention(self.cache_type_v, self.flash)
+        numerics(self.numerics)
 
     @property
     def flash(self) -> bool:

@@ -8,6 +8,7 @@ V sum in float16 with an online softmax; larger batches (tiled) keep Q and the s
 import numpy as np
 from numba import njit, prange
 
+from ..numerics import EXACT
 from ..quants._bits import fma32, lane, round_f16, vfma, vload, vsplat, vstore, vzero
 from .activations import expf_parts, ggml_expf
 from .kv_access import kv_value, kv_vector, round_f16x8
@@ -17,18 +18,19 @@ FA_TILE_KV = 64  # keys per tile in that path (a tile's 64 scores are eight 8-la
 FA_BLOCK_Q = 4  # queries of one head per task there: each key and value tile is read once for all of them
 _CHUNK = 64  # elements of a tile handled at a time (64 keys x 64 = 16 KiB, held in L1 for the block's queries)
 
-KV_PAD = 256  # llama.cpp views its KV cache in multiples of 256 cells
-SPLIT_KV_MIN = 512  # from this many cells one-token attention is split across threads
-SPLIT_KV_THREADS = 2  # the split follows the thread count; our reference used 2
+# A split one-query attention (numerics.Numerics.split_cells) cuts its cells into this many chunks:
+# llama.cpp cuts one per thread, and our reference ran on two.
+SPLIT_KV_THREADS = 2
 
 
-def attention(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out, n_ctx=0):
+def attention(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out, n_ctx=0, numerics=EXACT):
     """Softmax attention for queries q [n, n_head, d] at positions pos0 .. pos0+n-1.
 
     k_cache/v_cache are [n_ctx, n_head_kv, d] cells (any storage type of kv_access.py, with their
     per-32 scales) and hold every position up to pos0+n-1. Query t sees
     keys p with p <= pos0+t and, when window > 0, pos0+t - p < window (llama.cpp's standard SWA).
-    n_ctx (the context size) decides, as in llama.cpp, when one-token attention splits its keys.
+    n_ctx (the context size) decides, as in llama.cpp, when one-token attention splits its keys
+    (numerics: the profile that says whether it does).
     One token runs serially: a parallel region costs more to start than nine heads take.
     """
     n = q.shape[0]
@@ -38,14 +40,7 @@ def attention(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out,
         return _attention_blocked(q, keys_by_tile(k_cache), values_by_tile(v_cache), pos0, window, scale, out)
     kernel = _attention_parallel if n > 1 else _attention_serial
     return kernel(q, k_cache, k_scales, v_cache, v_scales, pos0, window, scale, out,
-                  split_cells(pos0, n_ctx) if n == 1 else 0)
-
-
-def split_cells(pos0: int, n_ctx: int) -> int:
-    """For one query at pos0: the cells its keys are split over as llama.cpp splits them (the KV
-    view it would take), or 0 when that view is too short to split."""
-    n_kv = min(_pad(max(n_ctx, 1)), max(KV_PAD, _pad(pos0 + 1)))
-    return n_kv if n_kv >= SPLIT_KV_MIN else 0
+                  numerics.split_cells(pos0, n_ctx) if n == 1 else 0)
 
 
 @njit(cache=True, inline="always")
@@ -194,10 +189,6 @@ def values_by_tile(v):
     return np.ascontiguousarray(by_chunk).reshape(heads, -1)
 
 
-def _pad(n: int) -> int:
-    return (n + KV_PAD - 1) // KV_PAD * KV_PAD
-
-
 @njit(cache=True, inline="always")
 def _attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, split_kv):
     n, n_head, d = q.shape
@@ -260,7 +251,7 @@ def _add_value_f16(acc, v_cache, vs, j, kh, weight):
 @njit(cache=True)
 def _attend_one(qv, k_cache, ks, v_cache, vs, kh, first, end, scale, split_kv, out):
     """One query's online softmax over keys first..end-1 of kv head kh, written to out [dv]; with
-    split_kv (llama.cpp's split of a long view, see split_cells) over that many cells cut in one
+    split_kv (llama.cpp's split of a long view, see numerics.py) over that many cells cut in one
     chunk per thread, each summed apart, then merged. Unsplit is the one-chunk case: merging a
     single chunk multiplies by exp(0) = 1 and adds to zero, the chunk's own values."""
     dv = out.shape[0]

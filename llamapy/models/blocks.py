@@ -11,10 +11,11 @@ import numpy as np
 
 from ..gguf.reader import GGUFFile
 from ..kernels.activations import geglu, swiglu
-from ..kernels.attention import attention, attention_plain, split_cells
+from ..kernels.attention import attention, attention_plain
 from ..kernels.decode import ACT_GELU, ACT_SILU, attention_kernels, feed_forward_kernels
 from ..kernels.norm import rms_norm
 from ..kernels.rope import apply_rope, rope_tables
+from ..numerics import EXACT, Numerics
 from ..quants import get_rows, linear
 from ..quants._inputs import packed_rows, read_only
 from ..quants.products import QuantizedActivations, exact_product, is_exact, quantize_for
@@ -35,8 +36,10 @@ class Linear:
 
     observer = None
 
-    def __init__(self, raw: np.ndarray, type_id: int, n_in: int, n_out: int, name: str | None = None):
+    def __init__(self, raw: np.ndarray, type_id: int, n_in: int, n_out: int, name: str | None = None,
+                 numerics: Numerics = EXACT):
         self.name = name
+        self.numerics = numerics  # which of llama.cpp's batch-size choices the product follows
         self.raw = raw
         self.type_id = type_id
         self.n_in = n_in
@@ -60,7 +63,7 @@ class Linear:
             return linear(self.raw, self.type_id, x)
         if act is None or act.super_blocks != self.super_blocks:
             act = self.quantize(x)
-        return exact_product(self.rows, self.type_id, act, None if batch is None else batch.rows())
+        return exact_product(self.rows, self.type_id, act, None if batch is None else batch.rows(), self.numerics)
 
     def rows_f32(self, ids: np.ndarray) -> np.ndarray:
         """Rows of W as float32: the embedding lookup."""
@@ -68,10 +71,12 @@ class Linear:
 
 
 class Weights:
-    """Named access to a GGUF's tensors, with one clear error for a missing one."""
+    """Named access to a GGUF's tensors, with one clear error for a missing one. Every Linear it
+    makes carries the model's numerics profile (numerics.py)."""
 
-    def __init__(self, gguf: GGUFFile):
+    def __init__(self, gguf: GGUFFile, numerics: Numerics = EXACT):
         self.gguf = gguf
+        self.numerics = numerics
 
     def has(self, name: str) -> bool:
         return name in self.gguf.tensors
@@ -80,7 +85,7 @@ class Weights:
         info = self._info(name)
         n_in = info.shape[0]
         n_out = info.n_elements // n_in
-        return Linear(self.gguf.raw(name), info.type_id, n_in, n_out, name)
+        return Linear(self.gguf.raw(name), info.type_id, n_in, n_out, name, self.numerics)
 
     def split_linear(self, name: str, sizes: list[int]) -> list[Linear]:
         """A fused weight (Phi-3's attn_qkv, ffn_up = gate|up) as one Linear per consecutive block of output
@@ -90,7 +95,7 @@ class Weights:
         if sum(sizes) != raw.shape[0]:
             raise MissingTensor(f"{self.gguf.path}: tensor {name} has {raw.shape[0]} rows, expected {sum(sizes)}")
         bounds = np.cumsum([0, *sizes])
-        return [Linear(raw[a:b], info.type_id, n_in, int(b - a), name)
+        return [Linear(raw[a:b], info.type_id, n_in, int(b - a), name, self.numerics)
                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def vector(self, name: str) -> np.ndarray:
@@ -198,11 +203,16 @@ class AttentionLayer:
             cells = s.cache.view(layer, s.pos0 + s.n, s.n)
             if s.cache.flash_attn:
                 attention(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
-                          out[s.start:s.stop], s.cache.n_ctx)
+                          out[s.start:s.stop], s.cache.n_ctx, self.numerics)
             else:
                 attention_plain(q[s.start:s.stop], *cells, s.pos0, self.window, np.float32(scale),
                                 out[s.start:s.stop])
         return self.wo(out.reshape(n, -1), batch=batch)
+
+    @property
+    def numerics(self) -> Numerics:
+        """The model's profile, which its weights carry: whether one-query attention splits as llama.cpp's."""
+        return self.wq.numerics
 
     def _step_caches(self, batch, layer):
         """The caches for the one-call path of a decode step (kernels/decode.py), or None to take the
@@ -220,7 +230,7 @@ class AttentionLayer:
         biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (_EMPTY,) * 3
         norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (_EMPTY,) * 2
         positions = np.array([s.pos0 for s in batch.segments], np.int64)
-        splits = np.array([split_cells(s.pos0, s.cache.n_ctx) for s in batch.segments], np.int64)
+        splits = np.array([self.numerics.split_cells(s.pos0, s.cache.n_ctx) for s in batch.segments], np.int64)
         cos, sin = rope
         return (self.wq.rows, self.wk.rows, self.wv.rows, self.wo.rows, biases, norms, np.float32(self.norm_eps),
                 (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v), cos, sin, self.rope_mode,

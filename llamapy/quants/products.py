@@ -17,6 +17,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from ..numerics import EXACT, Numerics
 from ._exact import quantize_q8, quantize_q8_k
 from ._inputs import float_rows, packed_rows, read_only
 from ._int8 import dot_q32_int8, lane_sums, matvec_q4_k_int8, matvec_q6_k_int8, matvec_q32_int8
@@ -214,17 +215,18 @@ def quantize_for(type_id: int, x: np.ndarray) -> QuantizedActivations:
 
 
 def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations,
-                  batch_rows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                  batch_rows: tuple[np.ndarray, np.ndarray] | None = None, numerics: Numerics = EXACT) -> np.ndarray:
     """act @ W.T for packed rows [rows, row_bytes] (read-only, contiguous): float32 [n, rows].
 
     llama.cpp picks some kernels by batch size (`tiled_min_batch`) or by a token's place in the
-    batch (`gemm_group`). batch_rows = (length of each row's sequence chunk, the row's index in
-    it) makes those choices per sequence, so batching sequences together never changes a row."""
+    batch (`gemm_group`); numerics says which of those choices to follow. batch_rows = (length of
+    each row's sequence chunk, the row's index in it) makes them per sequence, so batching
+    sequences together never changes a row."""
     n = act.q.shape[0]
     qt = quant_type(type_id)
     if batch_rows is None:
-        return _product(rows, type_id, act, _tiled(qt, n), _gemm_rows(qt, n))
-    grouped = _batched_rows(qt, *batch_rows)
+        return _product(rows, type_id, act, numerics.tiled(qt, n), numerics.gemm_rows(qt, n))
+    grouped = numerics.batched_rows(qt, *batch_rows)
     if grouped.all() or not grouped.any():
         return _product(rows, type_id, act, bool(grouped[0]), n if grouped[0] else 0)
     out = np.empty((n, rows.shape[0]), np.float32)
@@ -234,24 +236,6 @@ def exact_product(rows: np.ndarray, type_id: int, act: QuantizedActivations,
         m = part.q.shape[0]
         out[mask] = _product(rows, type_id, part, batched, m if batched else 0)
     return out
-
-
-def _tiled(qt, n: int) -> bool:
-    return qt.tiled_min_batch is not None and n >= qt.tiled_min_batch
-
-
-def _gemm_rows(qt, n: int) -> int:
-    """How many leading tokens of a batch of n take the repacked gemm."""
-    return n - n % qt.gemm_group if qt.gemm_group else n
-
-
-def _batched_rows(qt, sizes: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Per row: whether its own chunk, alone, would send it through the batch arithmetic."""
-    if qt.tiled_min_batch is not None:
-        return sizes >= qt.tiled_min_batch
-    if qt.gemm_group:
-        return index < sizes - sizes % qt.gemm_group
-    return np.ones(sizes.shape[0], bool)
 
 
 def _product(rows, type_id, act: QuantizedActivations, tiled: bool, gemm_rows: int) -> np.ndarray:
