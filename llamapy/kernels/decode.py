@@ -25,7 +25,7 @@ import functools
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ..quants._exact import quantize_q8, quantize_q8_k
 from ..quants._int8 import lane_sums, matvec_q4_k_int8, matvec_q6_k_int8, matvec_q32_int8
@@ -33,7 +33,7 @@ from ..quants._int8_k import dot_q4_k_int8, dot_q6_k_int8
 from ..quants._int8_multi import dot_q32_few
 from ..quants.types import Q4_K, Q6_K
 from .activations import geglu, swiglu
-from .attention import _attention_serial
+from .attention import _attend_task, _attention_serial
 from .kv_access import kv_store
 from .norm import rms_norm
 from .rope import apply_rope
@@ -174,12 +174,31 @@ def _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_block
     out = np.empty((m, n_head * head_dim_v), np.float32)
     for i in range(m):
         s, pos = slots[i], positions[i]
-        kc, ks, vc, vs = k_cells[s], k_scales[s], v_cells[s], v_scales[s]
-        kv_store(kc, ks, pos, k[i:i + 1])
-        kv_store(vc, vs, pos, v[i:i + 1])
-        _attention_serial(q[i:i + 1].copy(), kc[:pos + 1], ks[:pos + 1], vc[:pos + 1], vs[:pos + 1], pos,
-                          window, np.float32(scale), out[i].reshape(1, n_head, head_dim_v), splits[i])
+        kv_store(k_cells[s], k_scales[s], pos, k[i:i + 1])
+        kv_store(v_cells[s], v_scales[s], pos, v[i:i + 1])
+    if one_row:
+        pos = positions[0]
+        kc, ks, vc, vs = k_cells[slots[0]], k_scales[slots[0]], v_cells[slots[0]], v_scales[slots[0]]
+        _attention_serial(q[0:1].copy(), kc[:pos + 1], ks[:pos + 1], vc[:pos + 1], vs[:pos + 1], pos,
+                          window, np.float32(scale), out[0].reshape(1, n_head, head_dim_v), splits[0])
+    else:
+        _attend_rows(q, k_cells, k_scales, v_cells, v_scales, slots, positions, window, np.float32(scale), out,
+                     splits)
     return _product(wo, to, _activations(out, o_blocks, o_super), wo.shape[0], one_row)
+
+
+@njit(cache=True, parallel=True)
+def _attend_rows(q, k_cells, k_scales, v_cells, v_scales, slots, positions, window, scale, out, splits):
+    """One-query attention for each of m rows [m, n_head, d], row i over sequence slots[i]'s cells up
+    to positions[i]: rows × heads in parallel. A single sequence's step runs it serially (a parallel
+    region costs more than its nine heads); several sequences' heads fill both cores."""
+    m, n_head, _ = q.shape
+    for task in prange(m * n_head):
+        i, h = task // n_head, task % n_head
+        s, pos = slots[i], positions[i]
+        _attend_task(np.int64(h), q[i:i + 1].copy(), k_cells[s][:pos + 1], k_scales[s][:pos + 1],
+                     v_cells[s][:pos + 1], v_scales[s][:pos + 1], pos, window, scale,
+                     out[i].reshape(1, n_head, -1), splits[i])
 
 
 @njit(cache=True, inline="always")
