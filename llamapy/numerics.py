@@ -42,9 +42,10 @@ class Numerics:
 
     def tiled(self, qt, n: int) -> bool:
         """Whether n tokens of one sequence take a type's tiled (batch) arithmetic."""
-        if qt.tiled_min_batch is None:
-            return False
-        return n >= (qt.tiled_min_batch if self.batch_thresholds else 2)
+        return qt.tiled_min_batch is not None and n >= self._tiled_from(qt)
+
+    def _tiled_from(self, qt) -> int:
+        return qt.tiled_min_batch if self.batch_thresholds else 2
 
     def gemm_rows(self, qt, n: int) -> int:
         """How many leading tokens of a batch of n take the repacked gemm (groups of gemm_group)."""
@@ -56,7 +57,7 @@ class Numerics:
         """Per row: whether its own chunk (of sizes[row] tokens, the row at index[row]) alone would send
         it through the batch arithmetic."""
         if qt.tiled_min_batch is not None:
-            return sizes >= (qt.tiled_min_batch if self.batch_thresholds else 2)
+            return sizes >= self._tiled_from(qt)
         if qt.gemm_group:
             return index < sizes - sizes % qt.gemm_group
         return np.ones(sizes.shape[0], bool)

@@ -56,6 +56,8 @@ class FreeCores:
 
     def _read(self) -> tuple[float, float, float] | None:
         """(wall seconds, busy seconds of our CPUs, our own CPU seconds)."""
+        if not self._cpus:
+            return None
         try:
             tick = os.sysconf("SC_CLK_TCK")
             busy = 0

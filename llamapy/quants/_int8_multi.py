@@ -22,35 +22,11 @@ MAX_TOKENS = 8  # up to this many tokens take this kernel (exact_product's choic
 
 
 @njit(cache=True, inline="always")
-def _row_x4_tokens(row, type_id, xb, xd4, xs4, xsum, t, nb, out, r):
-    """out[t:t+4, r]: row r's blocks unpacked once, dotted with tokens t..t+3. xd4 / xs4 hold the four
-    tokens' activation scales and Q8_1 sums side by side per block (_side_by_side), so one multiply
-    forms d_w·d_x for all four and one fma adds all four mins: each lane does its token's scalar
-    arithmetic, in the same order."""
-    with_min = type_id == Q4_1 or type_id == Q5_1
-    x0, x1, x2, x3 = xb[t], xb[t + 1], xb[t + 2], xb[t + 3]
-    s0, s1, s2, s3 = xsum[t], xsum[t + 1], xsum[t + 2], xsum[t + 3]
-    scales, sums = xd4[t // 4], xs4[t // 4]
-    a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
-    mins = vzero()
-    for b in range(nb):
-        w, d, mn = _block_quants(row, type_id, b)
-        w_abs = abs_bytes(w) if type_id == Q8_0 else w
-        o = 32 * b
-        dd = vsplat(d) * vload(scales, 8 * b)
-        a0 = vfma(vsplat(lane(dd, 0)), vfloat(_lane_sum(type_id, w, w_abs, load_words(x0, o), s0, 8 * b)), a0)
-        a1 = vfma(vsplat(lane(dd, 1)), vfloat(_lane_sum(type_id, w, w_abs, load_words(x1, o), s1, 8 * b)), a1)
-        a2 = vfma(vsplat(lane(dd, 2)), vfloat(_lane_sum(type_id, w, w_abs, load_words(x2, o), s2, 8 * b)), a2)
-        a3 = vfma(vsplat(lane(dd, 3)), vfloat(_lane_sum(type_id, w, w_abs, load_words(x3, o), s3, 8 * b)), a3)
-        if with_min:
-            mins = vfma(vsplat(mn), vload(sums, 8 * b), mins)
-    out[t, r], out[t + 1, r] = _hsum(a0) + lane(mins, 0), _hsum(a1) + lane(mins, 1)
-    out[t + 2, r], out[t + 3, r] = _hsum(a2) + lane(mins, 2), _hsum(a3) + lane(mins, 3)
-
-
-@njit(cache=True, inline="always")
 def _rows2_x4_tokens(ra, rb, type_id, xb, xd4, xs4, xsum, t, nb, out, r):
-    """out[t:t+4, r:r+2]: _row_x4_tokens for two rows at once, each activation block loaded once for both."""
+    """out[t:t+4, r:r+2]: rows ra and rb's blocks unpacked once, dotted with tokens t..t+3, each
+    activation block loaded once for both rows. xd4 / xs4 hold the four tokens' activation scales and
+    Q8_1 sums side by side per block (_side_by_side), so one multiply forms d_w·d_x for all four and
+    one fma adds all four mins: each lane does its token's scalar arithmetic, in the same order."""
     with_min = type_id == Q4_1 or type_id == Q5_1
     x0, x1, x2, x3 = xb[t], xb[t + 1], xb[t + 2], xb[t + 3]
     s0, s1, s2, s3 = xsum[t], xsum[t + 1], xsum[t + 2], xsum[t + 3]
@@ -110,14 +86,9 @@ def _rows(raw, type_id, xb, xd, xs, xd4, xs4, xsum, out, r, end, nb):
             out[t, row] = _row_dot(raw[row], type_id, xb[t], xd[t], xs[t], xsum[t], nb)
             out[t, row + 1] = _row_dot(raw[row + 1], type_id, xb[t], xd[t], xs[t], xsum[t], nb)
         row += 2
-    while row < end:
-        _prefetch_rows(raw, row + PREFETCH_ROWS, 1)
-        w = raw[row]
-        for t in range(0, n - n % 4, 4):
-            _row_x4_tokens(w, type_id, xb, xd4, xs4, xsum, t, nb, out, row)
-        for t in range(n - n % 4, n):
-            out[t, row] = _row_dot(w, type_id, xb[t], xd[t], xs[t], xsum[t], nb)
-        row += 1
+    if row < end:  # an odd last row (no model matrix has one): the one-token kernel, same bits
+        for t in range(n):
+            out[t, row] = _row_dot(raw[row], type_id, xb[t], xd[t], xs[t], xsum[t], nb)
 
 
 @njit(cache=True, parallel=True)
