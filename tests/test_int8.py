@@ -31,3 +31,37 @@ def test_matvec_equals_batch_kernel(type_id, rows):
         out = np.full(rows, np.nan, np.float32)
         kernels.one(raw, act.q8[t], act.d[t], act.extra[t], act.lane_sums[t], out)
         np.testing.assert_array_equal(out, batch[t])
+
+
+def _q8_0_rows(w: np.ndarray) -> np.ndarray:
+    """int8 weights [rows, k] as Q8_0 rows with every scale 1.0."""
+    rows, k = w.shape
+    blocks = np.empty((rows, k // 32, 34), np.uint8)
+    blocks[:, :, 0:2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    blocks[:, :, 2:] = w.reshape(rows, k // 32, 32).view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+def test_q8_0_products_are_the_integer_dot():
+    """Signed × signed blocks at their extremes (w = -128, x = ±127) against numpy's integer dot: scales of
+    1.0 make every float step exact, so all three kernels must give Σ w·x itself. The VNNI path forms it
+    as Σ (w + 128)·x − 128·Σx, the AVX2 one as |w|·sign(x, w): either way the same integers."""
+    rng = np.random.default_rng(7)
+    rows, n = 12, 5
+    w = rng.integers(-128, 128, (rows, K), dtype=np.int8)
+    w[0], w[1, ::3] = -128, -128
+    x = rng.integers(-127, 128, (n, K)).astype(np.float32)
+    x[0], x[1, ::2] = 127, -127
+    x.reshape(n, -1, 32)[:, :, 5] = 127  # every block's amax is 127: its activation scale is exactly 1
+    expected = (x.astype(np.int64) @ w.astype(np.int64).T).astype(np.float32)
+    raw = packed_rows(_q8_0_rows(w), Q.Q8_0, K)
+    act = quantize_for(Q.Q8_0, x)
+    assert (act.q8.view(np.int8) == x).all() and (act.d == 1).all()
+    kernels = q32_kernels(Q.Q8_0)
+    np.testing.assert_array_equal(kernels.batch(raw, act.q8, act.d, act.extra, act.lane_sums,
+                                                np.empty((n, rows), np.float32)), expected)
+    np.testing.assert_array_equal(kernels.few(raw, act.q8, act.d, act.extra, act.lane_sums,
+                                              np.empty((n, rows), np.float32)), expected)
+    out = np.empty(rows, np.float32)
+    kernels.one(raw, act.q8[0], act.d[0], act.extra[0], act.lane_sums[0], out)
+    np.testing.assert_array_equal(out, expected[0])

@@ -9,7 +9,8 @@ of the weights to float.
 
 Unsigned quants (Q4_1, Q5_1) enter dot4 as they are. Offset ones (Q4_0: q - 8, Q5_0: q - 16)
 enter unsigned, and offset × (lane sum of the activations) is subtracted: the same integer.
-Q8_0's signed quants use ggml's own trick: |w| times x with w's sign moved onto x.
+Q8_0's signed quants enter as _isa.unsigned_form(w): w + 128 where vpdpbusd serves (its −128·Σx
+put in the starting sum, _isa.q8_base), else ggml's own |w| with w's sign moved onto x.
 
 Every kernel takes the weight type as an argument, and is meant to be called with it as a constant
 (products.q32_kernels' entry points, decode.py's step kernels): numba then compiles one copy per
@@ -47,7 +48,7 @@ from ._exact import (
     _q6_k_offsets,
     _q6_k_scales,
 )
-from ._isa import abs_bytes, bit_bytes, dot4, iload, istore, izero, prefetch, sign_bytes, splat_i32
+from ._isa import bit_bytes, dot4, iload, istore, izero, prefetch, q8_base, q8_sum, splat_i32, unsigned_form
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 _LOW_NIBBLES = 0x0F0F0F0F
@@ -111,11 +112,11 @@ def _block_quants(row, type_id, b):
 
 
 @njit(cache=True)
-def _lane_sum(type_id, w, w_abs, xv, xsum, so):
-    """The eight exact lane sums of a block's quants w (w_abs = |w|, Q8_0 only) with activation
+def _lane_sum(type_id, w, w_u, xv, xsum, so):
+    """The eight exact lane sums of a block's quants w (w_u = unsigned_form(w), Q8_0 only) with activation
     bytes xv, whose own lane sums are xsum[so:so+8] (for the offset of Q4_0 and Q5_0)."""
     if type_id == Q8_0:
-        return dot4(izero(), w_abs, sign_bytes(xv, w))
+        return q8_sum(q8_base(iload(xsum, so)), w_u, w, xv)
     s = dot4(izero(), w, xv)
     if type_id == Q4_0:
         s = s - (iload(xsum, so) << 3)
@@ -128,8 +129,8 @@ def _lane_sum(type_id, w, w_abs, xv, xsum, so):
 def _block_sum(row, type_id, b, x, o, xsum):
     """Block b of a packed row against the activation bytes x[o:o+32]: (lane sums, d_w, m_w)."""
     w, d, m = _block_quants(row, type_id, b)
-    w_abs = abs_bytes(w) if type_id == Q8_0 else w
-    return _lane_sum(type_id, w, w_abs, load_words(x, o), xsum, 8 * b), d, m
+    w_u = unsigned_form(w) if type_id == Q8_0 else w
+    return _lane_sum(type_id, w, w_u, load_words(x, o), xsum, 8 * b), d, m
 
 
 @njit(cache=True)
@@ -197,21 +198,21 @@ def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
 
 @njit(cache=True)
 def _decode_row(row, type_id, nb, wu, ws, wo, wd, wm, i):
-    """A row's quants as bytes at ws[wo:] (_block_quants'), and at wu[wo:] |w| for Q8_0."""
+    """A row's quants as bytes at ws[wo:] (_block_quants'), and at wu[wo:] unsigned_form(w) for Q8_0."""
     for b in range(nb):
         w, d, m = _block_quants(row, type_id, b)
         wd[i, b], wm[i, b] = d, m
         istore(ws, wo + 8 * b, w)
         if type_id == Q8_0:
-            istore(wu, wo + 8 * b, abs_bytes(w))
+            istore(wu, wo + 8 * b, unsigned_form(w))
 
 
 @njit(cache=True)
 def _decoded_sum(type_id, wu, ws, wo, xflat, xo, sflat, so):
     """Lane sums of the decoded block at wo against activation bytes xflat[xo:] (lane sums sflat[so:])."""
     w = iload(ws, wo)
-    w_abs = iload(wu, wo) if type_id == Q8_0 else w
-    return _lane_sum(type_id, w, w_abs, load_words(xflat, xo), sflat, so)
+    w_u = iload(wu, wo) if type_id == Q8_0 else w
+    return _lane_sum(type_id, w, w_u, load_words(xflat, xo), sflat, so)
 
 
 @njit(cache=True)
@@ -271,13 +272,15 @@ def _x_block(type_id, xflat, sflat, xo, so):
         return xv, izero() - (iload(sflat, so) << 3)
     if type_id == Q5_0:
         return xv, izero() - (iload(sflat, so) << 4)
+    if type_id == Q8_0:
+        return xv, q8_base(iload(sflat, so))
     return xv, izero()
 
 
 @njit(cache=True)
-def _tile_sum(type_id, w, w_abs, xv, base):
+def _tile_sum(type_id, w, w_u, xv, base):
     if type_id == Q8_0:
-        return dot4(izero(), w_abs, sign_bytes(xv, w))
+        return q8_sum(base, w_u, w, xv)
     return dot4(base, w, xv)
 
 
@@ -285,11 +288,11 @@ def _tile_sum(type_id, w, w_abs, xv, base):
 def _row_step(type_id, wu, ws, wo, d, x0, x1, x2, x3, c0, c1, c2, c3, e0, e1, e2, e3, a0, a1, a2, a3):
     """One decoded block of a row (at wo, scale d) into its four tokens' accumulators."""
     w = iload(ws, wo)
-    w_abs = iload(wu, wo) if type_id == Q8_0 else w
-    a0 = vfma(vsplat(d * e0), vfloat(_tile_sum(type_id, w, w_abs, x0, c0)), a0)
-    a1 = vfma(vsplat(d * e1), vfloat(_tile_sum(type_id, w, w_abs, x1, c1)), a1)
-    a2 = vfma(vsplat(d * e2), vfloat(_tile_sum(type_id, w, w_abs, x2, c2)), a2)
-    a3 = vfma(vsplat(d * e3), vfloat(_tile_sum(type_id, w, w_abs, x3, c3)), a3)
+    w_u = iload(wu, wo) if type_id == Q8_0 else w
+    a0 = vfma(vsplat(d * e0), vfloat(_tile_sum(type_id, w, w_u, x0, c0)), a0)
+    a1 = vfma(vsplat(d * e1), vfloat(_tile_sum(type_id, w, w_u, x1, c1)), a1)
+    a2 = vfma(vsplat(d * e2), vfloat(_tile_sum(type_id, w, w_u, x2, c2)), a2)
+    a3 = vfma(vsplat(d * e3), vfloat(_tile_sum(type_id, w, w_u, x3, c3)), a3)
     return a0, a1, a2, a3
 
 

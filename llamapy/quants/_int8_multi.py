@@ -15,7 +15,7 @@ from numba import njit, prange
 from ._bits import lane, load_words, vfloat, vfma, vload, vsplat, vzero
 from ._exact import ROWS_PER_TASK, _hsum
 from ._int8 import PREFETCH_ROWS, _block_quants, _lane_sum, _prefetch_rows, _row_dot
-from ._isa import abs_bytes
+from ._isa import unsigned_form
 from .types import Q4_1, Q5_1, Q8_0
 
 MAX_TOKENS = 8  # up to this many tokens take this kernel (exact_product's choice)
@@ -37,20 +37,20 @@ def _rows2_x4_tokens(ra, rb, type_id, xb, xd4, xs4, xsum, t, nb, out, r):
     for b in range(nb):
         wa, da, ma = _block_quants(ra, type_id, b)
         wb, db, mb = _block_quants(rb, type_id, b)
-        wa_abs = abs_bytes(wa) if type_id == Q8_0 else wa
-        wb_abs = abs_bytes(wb) if type_id == Q8_0 else wb
+        wa_u = unsigned_form(wa) if type_id == Q8_0 else wa
+        wb_u = unsigned_form(wb) if type_id == Q8_0 else wb
         o, so = 32 * b, 8 * b
         xs_b = vload(scales, 8 * b)
         dda, ddb = vsplat(da) * xs_b, vsplat(db) * xs_b
         y0, y1, y2, y3 = load_words(x0, o), load_words(x1, o), load_words(x2, o), load_words(x3, o)
-        a0 = vfma(vsplat(lane(dda, 0)), vfloat(_lane_sum(type_id, wa, wa_abs, y0, s0, so)), a0)
-        a1 = vfma(vsplat(lane(dda, 1)), vfloat(_lane_sum(type_id, wa, wa_abs, y1, s1, so)), a1)
-        a2 = vfma(vsplat(lane(dda, 2)), vfloat(_lane_sum(type_id, wa, wa_abs, y2, s2, so)), a2)
-        a3 = vfma(vsplat(lane(dda, 3)), vfloat(_lane_sum(type_id, wa, wa_abs, y3, s3, so)), a3)
-        b0 = vfma(vsplat(lane(ddb, 0)), vfloat(_lane_sum(type_id, wb, wb_abs, y0, s0, so)), b0)
-        b1 = vfma(vsplat(lane(ddb, 1)), vfloat(_lane_sum(type_id, wb, wb_abs, y1, s1, so)), b1)
-        b2 = vfma(vsplat(lane(ddb, 2)), vfloat(_lane_sum(type_id, wb, wb_abs, y2, s2, so)), b2)
-        b3 = vfma(vsplat(lane(ddb, 3)), vfloat(_lane_sum(type_id, wb, wb_abs, y3, s3, so)), b3)
+        a0 = vfma(vsplat(lane(dda, 0)), vfloat(_lane_sum(type_id, wa, wa_u, y0, s0, so)), a0)
+        a1 = vfma(vsplat(lane(dda, 1)), vfloat(_lane_sum(type_id, wa, wa_u, y1, s1, so)), a1)
+        a2 = vfma(vsplat(lane(dda, 2)), vfloat(_lane_sum(type_id, wa, wa_u, y2, s2, so)), a2)
+        a3 = vfma(vsplat(lane(dda, 3)), vfloat(_lane_sum(type_id, wa, wa_u, y3, s3, so)), a3)
+        b0 = vfma(vsplat(lane(ddb, 0)), vfloat(_lane_sum(type_id, wb, wb_u, y0, s0, so)), b0)
+        b1 = vfma(vsplat(lane(ddb, 1)), vfloat(_lane_sum(type_id, wb, wb_u, y1, s1, so)), b1)
+        b2 = vfma(vsplat(lane(ddb, 2)), vfloat(_lane_sum(type_id, wb, wb_u, y2, s2, so)), b2)
+        b3 = vfma(vsplat(lane(ddb, 3)), vfloat(_lane_sum(type_id, wb, wb_u, y3, s3, so)), b3)
         if with_min:
             xm = vload(sums, 8 * b)
             mins_a = vfma(vsplat(ma), xm, mins_a)

@@ -70,6 +70,17 @@ def _generic_dot4(builder, acc, u, s):
     return total
 
 
+def _dot4_ir(builder, isa, a, x, y):
+    if isa == "vnni":
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I, [a, x, y])
+    if isa == "avx2":
+        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16S,
+                      [builder.bitcast(x, _V32B), builder.bitcast(y, _V32B)])
+        ones = ir.Constant(_V16S, [1] * 16)
+        return builder.add(a, _call(builder, "llvm.x86.avx2.pmadd.wd", _V8I, [pairs, ones]))
+    return _generic_dot4(builder, a, x, y)
+
+
 @intrinsic
 def dot4(typingctx, acc, u, s):
     """acc + per-lane sums of u8 × s8 byte products (no overflow for |u| ≤ 128, |s| ≤ 127 · 2)."""
@@ -77,16 +88,7 @@ def dot4(typingctx, acc, u, s):
         return None
 
     def codegen(context, builder, sig, args):
-        a, x, y = args
-        isa = byte_dot_isa(target_features(context))
-        if isa == "vnni":
-            return _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I, [a, x, y])
-        if isa == "avx2":
-            pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16S,
-                          [builder.bitcast(x, _V32B), builder.bitcast(y, _V32B)])
-            ones = ir.Constant(_V16S, [1] * 16)
-            return builder.add(a, _call(builder, "llvm.x86.avx2.pmadd.wd", _V8I, [pairs, ones]))
-        return _generic_dot4(builder, a, x, y)
+        return _dot4_ir(builder, byte_dot_isa(target_features(context)), *args)
 
     return i32x8(acc, u, s), codegen
 
@@ -99,34 +101,70 @@ def izero(typingctx):
     return i32x8(), codegen
 
 
+def _sign_bytes_ir(builder, v, like, vecty):
+    zero = ir.Constant(vecty, [0] * vecty.count)
+    b, s = builder.bitcast(v, vecty), builder.bitcast(like, vecty)
+    neg = builder.select(builder.icmp_signed("<", s, zero), builder.sub(zero, b), b)
+    return builder.select(builder.icmp_signed("==", s, zero), zero, neg)
+
+
+# Signed × signed byte products (Q8_0 weights against Q8 activations). AVX2's maddubs adds pairs
+# of u8 × s8 products into saturating int16, so the unsigned side must stay within 128: ggml's
+# |w| × sign(x, w). vpdpbusd sums four products into int32 without saturating, so there w + 128
+# (w with its sign bit flipped, read unsigned) serves, and the 128·Σx it adds is subtracted up
+# front: Σ(w + 128)·x − 128·Σx = Σw·x, the same integers with no per-token sign step.
+
+
+def _flips_sign(context) -> bool:
+    return byte_dot_isa(target_features(context)) == "vnni"
+
+
 @intrinsic
-def abs_bytes(typingctx, v):
-    """|b| of each signed byte, as unsigned bytes (|-128| = 128)."""
-    if v != i32x8:
+def unsigned_form(typingctx, w):
+    """A block of signed weights as q8_sum's unsigned operand: w + 128 where vpdpbusd serves, else |w|."""
+    if w != i32x8:
         return None
 
     def codegen(context, builder, sig, args):
         b = builder.bitcast(args[0], _V32B)
+        if _flips_sign(context):
+            return builder.bitcast(builder.xor(b, ir.Constant(_V32B, [0x80] * 32)), _V8I)
         neg = builder.sub(ir.Constant(_V32B, [0] * 32), b)
         return builder.bitcast(builder.select(builder.icmp_signed("<", b, ir.Constant(_V32B, [0] * 32)), neg, b), _V8I)
 
-    return i32x8(v), codegen
+    return i32x8(w), codegen
 
 
 @intrinsic
-def sign_bytes(typingctx, v, like):
-    """Each byte of v negated where the same byte of `like` is negative, zeroed where it is zero
-    (_mm256_sign_epi8): with abs_bytes, a signed × signed product as unsigned × signed."""
-    if not (v == i32x8 and like == i32x8):
+def q8_base(typingctx, x_lane_sums):
+    """Where q8_sum starts for activations with these lane sums: −128·Σx where w + 128 is used, else 0."""
+    if x_lane_sums != i32x8:
         return None
 
     def codegen(context, builder, sig, args):
-        b, s = builder.bitcast(args[0], _V32B), builder.bitcast(args[1], _V32B)
-        zero = ir.Constant(_V32B, [0] * 32)
-        neg = builder.select(builder.icmp_signed("<", s, zero), builder.sub(zero, b), b)
-        return builder.bitcast(builder.select(builder.icmp_signed("==", s, zero), zero, neg), _V8I)
+        zero = ir.Constant(_V8I, [0] * 8)
+        if _flips_sign(context):
+            return builder.sub(zero, builder.shl(args[0], ir.Constant(_V8I, [7] * 8)))
+        return zero
 
-    return i32x8(v, like), codegen
+    return i32x8(x_lane_sums), codegen
+
+
+@intrinsic
+def q8_sum(typingctx, base, w_unsigned, w, x):
+    """base + the eight lane sums of signed weights w (unsigned_form(w) given) with signed activations x."""
+    if not (base == i32x8 and w_unsigned == i32x8 and w == i32x8 and x == i32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        base, w_u, w, x = args
+        isa = byte_dot_isa(target_features(context))
+        if isa == "vnni":
+            return _dot4_ir(builder, isa, base, w_u, x)
+        signed = builder.bitcast(_sign_bytes_ir(builder, x, w, _V32B), _V8I)
+        return _dot4_ir(builder, isa, base, w_u, signed)
+
+    return i32x8(base, w_unsigned, w, x), codegen
 
 
 @intrinsic
@@ -140,7 +178,6 @@ def splat_i32(typingctx, x):
         return builder.shuffle_vector(vec, vec, ir.Constant(_V8I, [0] * 8))
 
     return i32x8(x), codegen
-
 
 
 @intrinsic
@@ -217,5 +254,5 @@ def prefetch(typingctx, arr, off):
     return types.none(arr, off), codegen
 
 
-__all__ = ["abs_bytes", "bit_bytes", "byte_dot_isa", "dot4", "iload", "istore", "izero",
-           "prefetch", "sign_bytes", "splat_i32", "target_features"]
+__all__ = ["bit_bytes", "byte_dot_isa", "dot4", "iload", "istore", "izero", "prefetch", "q8_base",
+           "q8_sum", "splat_i32", "target_features", "unsigned_form"]
