@@ -101,13 +101,6 @@ def izero(typingctx):
     return i32x8(), codegen
 
 
-def _sign_bytes_ir(builder, v, like, vecty):
-    zero = ir.Constant(vecty, [0] * vecty.count)
-    b, s = builder.bitcast(v, vecty), builder.bitcast(like, vecty)
-    neg = builder.select(builder.icmp_signed("<", s, zero), builder.sub(zero, b), b)
-    return builder.select(builder.icmp_signed("==", s, zero), zero, neg)
-
-
 # Signed × signed byte products (Q8_0 weights against Q8 activations). AVX2's maddubs adds pairs
 # of u8 × s8 products into saturating int16, so the unsigned side must stay within 128: ggml's
 # |w| × sign(x, w). vpdpbusd sums four products into int32 without saturating, so there w + 128
@@ -117,6 +110,15 @@ def _sign_bytes_ir(builder, v, like, vecty):
 
 def _flips_sign(context) -> bool:
     return byte_dot_isa(target_features(context)) == "vnni"
+
+
+def _sign_bytes_ir(builder, v, like):
+    """Each byte of v negated where the same byte of `like` is negative, zeroed where it is zero
+    (_mm256_sign_epi8)."""
+    zero = ir.Constant(_V32B, [0] * 32)
+    b, s = builder.bitcast(v, _V32B), builder.bitcast(like, _V32B)
+    neg = builder.select(builder.icmp_signed("<", s, zero), builder.sub(zero, b), b)
+    return builder.bitcast(builder.select(builder.icmp_signed("==", s, zero), zero, neg), _V8I)
 
 
 @intrinsic
@@ -159,10 +161,7 @@ def q8_sum(typingctx, base, w_unsigned, w, x):
     def codegen(context, builder, sig, args):
         base, w_u, w, x = args
         isa = byte_dot_isa(target_features(context))
-        if isa == "vnni":
-            return _dot4_ir(builder, isa, base, w_u, x)
-        signed = builder.bitcast(_sign_bytes_ir(builder, x, w, _V32B), _V8I)
-        return _dot4_ir(builder, isa, base, w_u, signed)
+        return _dot4_ir(builder, isa, base, w_u, x if _flips_sign(context) else _sign_bytes_ir(builder, x, w))
 
     return i32x8(base, w_unsigned, w, x), codegen
 
