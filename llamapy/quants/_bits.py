@@ -322,6 +322,24 @@ def vpair(typingctx, a, b):
 
 
 @intrinsic
+def half_pairs(typingctx, w0, w1, w2, w3):
+    """Four 32-bit words of two IEEE halves each (low, high) -> f32x8 [lo0, hi0, lo1, hi1, ...],
+    exact, by one vcvtph2ps: a block's scale and min (or two blocks' scales) for four rows at once,
+    instead of one insert and one conversion per half."""
+    words = (w0, w1, w2, w3)
+    if not all(isinstance(w, types.Integer) for w in words):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = ir.Constant(ir.VectorType(_I32, 4), ir.Undefined)
+        for i, (a, t) in enumerate(zip(args, sig.args, strict=True)):
+            v = builder.insert_element(v, context.cast(builder, a, t, types.uint32), ir.Constant(_I32, i))
+        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 8)), _V8F)
+
+    return f32x8(*words), codegen
+
+
+@intrinsic
 def vzero(typingctx):
     def codegen(context, builder, sig, args):
         return ir.Constant(_V8F, [0.0] * 8)
@@ -473,6 +491,7 @@ for _op in (operator.add, operator.sub, operator.mul, operator.or_, operator.and
 __all__ = [
     "f16_bits", "f16_to_f32", "f32_as_u32", "fma32", "load_f32", "load_u16", "load_u32", "round_f16", "shr32",
     "u32_as_f32",
-    "add_halves", "bytes_of", "f32x8", "hadd", "i32x8", "lane", "load_nibble_words", "load_sbytes", "load_words",
+    "add_halves", "bytes_of", "f32x8", "hadd", "half_pairs", "i32x8", "lane", "load_nibble_words", "load_sbytes",
+    "load_words",
     "pair_sums", "reduce_add", "spread_bits", "vfloat", "vfma", "vint", "vload", "vpair", "vsplat", "vstore", "vzero",
 ]

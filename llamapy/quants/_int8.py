@@ -26,6 +26,8 @@ from numba import njit, prange
 
 from ._bits import (
     fma32,
+    half_pairs,
+    lane,
     load_nibble_words,
     load_sbytes,
     load_u32,
@@ -93,14 +95,20 @@ def lane_sums(xb):
 
 
 @njit(cache=True)
+def block_bytes(type_id):
+    """Bytes of one block. Every 32-quant block opens with its half scale d, then (Q4_1, Q5_1) its half min."""
+    if type_id == Q8_0:
+        return 34
+    return 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
+
+
+@njit(cache=True)
 def _block_quants(row, type_id, b):
     """Block b of a packed row: its 32 quants as bytes in element order (signed for Q8_0, else
     unsigned with Q4_0's / Q5_0's offset left in), its scale d and its min m (0 without one)."""
+    base = b * block_bytes(type_id)
     if type_id == Q8_0:
-        base = b * 34
         return load_words(row, base + 2), _half(row, base), np.float32(0.0)
-    size = 18 if type_id == Q4_0 else 20 if type_id == Q4_1 else 22 if type_id == Q5_0 else 24
-    base = b * size
     with_min = type_id == Q4_1 or type_id == Q5_1
     q = base + 4 if with_min else base + 2
     mn = _half(row, base + 2) if with_min else np.float32(0.0)
@@ -149,29 +157,36 @@ def _row_dot(row, type_id, x, xd, xs, xsum, nb):
 @njit(cache=True)
 def _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb):
     """Rows r..end-1, four at a time: four independent fma chains (each row's own, in ggml's order)
-    keep the float pipes busy where one row's chain would wait on each multiply-add's latency."""
+    keep the float pipes busy where one row's chain would wait on each multiply-add's latency.
+    The four rows' scales and mins of a block are converted by one instruction (half_pairs: d in
+    even lanes, m in odd), and d·d_x formed and the mins accumulated lane by lane: each lane does
+    its row's scalar arithmetic. One conversion per half measured 1.2x slower on AMD Zen 3."""
     with_min = type_id == Q4_1 or type_id == Q5_1
+    size = block_bytes(type_id)
     while r + 4 <= end:
         _prefetch_rows(raw, r + PREFETCH_ROWS, 4)
         ra, rb, rc, rd = raw[r], raw[r + 1], raw[r + 2], raw[r + 3]
         a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
-        m0 = m1 = m2 = m3 = np.float32(0.0)
+        mins = vzero()
         for b in range(nb):
-            dx, o = xd[b], 32 * b
-            s0, d0, n0 = _block_sum(ra, type_id, b, xb, o, xsum)
-            s1, d1, n1 = _block_sum(rb, type_id, b, xb, o, xsum)
-            s2, d2, n2 = _block_sum(rc, type_id, b, xb, o, xsum)
-            s3, d3, n3 = _block_sum(rd, type_id, b, xb, o, xsum)
-            a0 = vfma(vsplat(d0 * dx), vfloat(s0), a0)
-            a1 = vfma(vsplat(d1 * dx), vfloat(s1), a1)
-            a2 = vfma(vsplat(d2 * dx), vfloat(s2), a2)
-            a3 = vfma(vsplat(d3 * dx), vfloat(s3), a3)
+            o, head = 32 * b, b * size
+            dm = half_pairs(load_u32(ra, head), load_u32(rb, head), load_u32(rc, head), load_u32(rd, head))
+            dd = dm * vsplat(xd[b])
+            s0 = _block_sum(ra, type_id, b, xb, o, xsum)[0]  # its d and m unused: LLVM drops them
+            s1 = _block_sum(rb, type_id, b, xb, o, xsum)[0]
+            s2 = _block_sum(rc, type_id, b, xb, o, xsum)[0]
+            s3 = _block_sum(rd, type_id, b, xb, o, xsum)[0]
+            a0 = vfma(vsplat(lane(dd, 0)), vfloat(s0), a0)
+            a1 = vfma(vsplat(lane(dd, 2)), vfloat(s1), a1)
+            a2 = vfma(vsplat(lane(dd, 4)), vfloat(s2), a2)
+            a3 = vfma(vsplat(lane(dd, 6)), vfloat(s3), a3)
             if with_min:
-                xsb = xs[b]
-                m0, m1 = fma32(n0, xsb, m0), fma32(n1, xsb, m1)
-                m2, m3 = fma32(n2, xsb, m2), fma32(n3, xsb, m3)
-        out[r], out[r + 1] = _hsum(a0) + m0, _hsum(a1) + m1
-        out[r + 2], out[r + 3] = _hsum(a2) + m2, _hsum(a3) + m3
+                mins = vfma(dm, vsplat(xs[b]), mins)
+        if with_min:
+            out[r], out[r + 1] = _hsum(a0) + lane(mins, 1), _hsum(a1) + lane(mins, 3)
+            out[r + 2], out[r + 3] = _hsum(a2) + lane(mins, 5), _hsum(a3) + lane(mins, 7)
+        else:
+            out[r], out[r + 1], out[r + 2], out[r + 3] = _hsum(a0), _hsum(a1), _hsum(a2), _hsum(a3)
         r += 4
     while r < end:
         out[r] = _row_dot(raw[r], type_id, xb, xd, xs, xsum, nb)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._bits import lane, load_words, vfloat, vfma, vload, vsplat, vzero
+from ._bits import half_pairs, lane, load_u32, load_words, vfloat, vfma, vload, vsplat, vzero
 from ._exact import ROWS_PER_TASK, _hsum
-from ._int8 import PREFETCH_ROWS, _block_quants, _lane_sum, _prefetch_rows, _row_dot
+from ._int8 import PREFETCH_ROWS, _block_quants, _lane_sum, _prefetch_rows, _row_dot, block_bytes
 from ._isa import unsigned_form
 from .types import Q4_1, Q5_1, Q8_0
 
@@ -34,9 +34,11 @@ def _rows2_x4_tokens(ra, rb, type_id, xb, xd4, xs4, xsum, t, nb, out, r):
     a0, a1, a2, a3 = vzero(), vzero(), vzero(), vzero()
     b0, b1, b2, b3 = vzero(), vzero(), vzero(), vzero()
     mins_a, mins_b = vzero(), vzero()
+    size = block_bytes(type_id)
     for b in range(nb):
-        wa, da, ma = _block_quants(ra, type_id, b)
-        wb, db, mb = _block_quants(rb, type_id, b)
+        wa, wb = _block_quants(ra, type_id, b)[0], _block_quants(rb, type_id, b)[0]
+        dm = half_pairs(load_u32(ra, b * size), load_u32(rb, b * size), 0, 0)  # one conversion, as _rows_x4
+        da, ma, db, mb = lane(dm, 0), lane(dm, 1), lane(dm, 2), lane(dm, 3)
         wa_u = unsigned_form(wa) if type_id == Q8_0 else wa
         wb_u = unsigned_form(wb) if type_id == Q8_0 else wb
         o, so = 32 * b, 8 * b
