@@ -324,8 +324,9 @@ def vpair(typingctx, a, b):
 @intrinsic
 def half_pairs(typingctx, w0, w1, w2, w3):
     """Four 32-bit words of two IEEE halves each (low, high) -> f32x8 [lo0, hi0, lo1, hi1, ...],
-    exact, by one vcvtph2ps: a block's scale and min (or two blocks' scales) for four rows at once,
-    instead of one insert and one conversion per half."""
+    exact, by one vcvtph2ps: the first word of a 32-quant block is its scale d and (Q4_1, Q5_1) its
+    min m, so this converts both for four rows at once instead of one insert and one conversion per
+    half. For types without a min the high half is quant bytes; callers leave those lanes unused."""
     words = (w0, w1, w2, w3)
     if not all(isinstance(w, types.Integer) for w in words):
         return None
