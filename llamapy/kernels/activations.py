@@ -49,17 +49,34 @@ def ggml_expf(x):
     return fma32(s2, j, s2) * s1
 
 
+# error_model="numpy": without it numba guards each division against zero, and the guard keeps
+# the loop scalar (1 + e >= 1 here).
+@njit(cache=True, error_model="numpy")
+def _swiglu_row(gate, up, out, t, vector_end):
+    """One row: ggml_expf's main path over the vector part in a loop the compiler vectorises, then
+    ggml_expf itself where that path does not hold (|n| > 126), libm's expf on the tail as ggml's."""
+    slow = False
+    for i in range(vector_end):
+        x = gate[t, i]
+        n, _, k, j = expf_parts(-x)
+        slow |= not (abs(n) <= np.float32(126.0))
+        out[t, i] = x / (np.float32(1.0) + fma32(k, j, k)) * up[t, i]
+    if slow:
+        for i in range(vector_end):
+            x = gate[t, i]
+            out[t, i] = x / (np.float32(1.0) + ggml_expf(-x)) * up[t, i]
+    for i in range(vector_end, gate.shape[1]):
+        x = gate[t, i]
+        out[t, i] = x / (np.float32(1.0) + np.float32(np.exp(-x))) * up[t, i]
+
+
 @njit(cache=True)
 def swiglu(gate, up):
     """silu(gate) * up over [n, d]; ggml's vector path (groups of 8) with its own expf."""
     n, d = gate.shape
     out = np.empty_like(gate)
-    vector_end = d - d % 8
     for t in range(n):
-        for i in range(d):
-            x = gate[t, i]
-            e = ggml_expf(-x) if i < vector_end else np.float32(np.exp(-x))
-            out[t, i] = x / (np.float32(1.0) + e) * up[t, i]
+        _swiglu_row(gate, up, out, t, d - d % 8)
     return out
 
 
