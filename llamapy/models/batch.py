@@ -47,6 +47,12 @@ class Batch:
             start += n
         self.n_rows = start
         self._rows = None
+        # What every layer of a pass asks of it, computed once per pass instead of once per layer.
+        self.decode_step = all(s.n == 1 for s in self.segments)  # every sequence brings one token
+        self._rope: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._positions: np.ndarray | None = None
+        self._slots: np.ndarray | None = None
+        self._splits: dict[object, np.ndarray] = {}
 
     @classmethod
     def single(cls, cache: KVCache, n: int) -> Batch:
@@ -63,13 +69,38 @@ class Batch:
         return self._rows
 
     def rope(self, tables, base: float) -> tuple[np.ndarray, np.ndarray]:
-        """cos/sin rows for every row of x, each at its own sequence's position."""
-        if len(self.segments) == 1:
-            s = self.segments[0]
-            return tables.slice(base, s.pos0, s.n)
-        parts = [tables.slice(base, s.pos0, s.n) for s in self.segments]
-        return (np.ascontiguousarray(np.concatenate([c for c, _ in parts])),
-                np.ascontiguousarray(np.concatenate([s for _, s in parts])))
+        """cos/sin rows for every row of x, each at its own sequence's position (once per pass and base)."""
+        key = (id(tables), base)
+        found = self._rope.get(key)
+        if found is None:
+            parts = [tables.slice(base, s.pos0, s.n) for s in self.segments]
+            if len(parts) == 1:
+                found = parts[0]
+            else:
+                found = (np.ascontiguousarray(np.concatenate([c for c, _ in parts])),
+                         np.ascontiguousarray(np.concatenate([s for _, s in parts])))
+            self._rope[key] = found
+        return found
+
+    def positions(self) -> np.ndarray:
+        """Each sequence's first position in this pass."""
+        if self._positions is None:
+            self._positions = np.array([s.pos0 for s in self.segments], np.int64)
+        return self._positions
+
+    def slots(self) -> np.ndarray:
+        """Each sequence's slot in its cache pool (KVCache.pooled)."""
+        if self._slots is None:
+            self._slots = np.array([s.cache.slot for s in self.segments], np.int64)
+        return self._slots
+
+    def splits(self, numerics) -> np.ndarray:
+        """Each sequence's numerics.split_cells for its one query (a decode step's attention)."""
+        found = self._splits.get(numerics)
+        if found is None:
+            found = np.array([numerics.split_cells(s.pos0, s.cache.n_ctx) for s in self.segments], np.int64)
+            self._splits[numerics] = found
+        return found
 
     def n_ctx(self) -> int:
         """The largest context in the batch (for RoPE tables)."""

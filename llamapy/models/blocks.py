@@ -6,6 +6,7 @@ Every block works on float32 activations [n_tokens, width]; weights stay in thei
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -112,11 +113,6 @@ class Weights:
 _EMPTY = read_only(np.empty(0, np.float32))  # read-only as the weights: one compiled signature
 
 
-def decode_step(batch: Batch) -> bool:
-    """Whether every sequence of the pass brings exactly one token."""
-    return all(s.n == 1 for s in batch.segments)
-
-
 _ONE_SLOT = np.zeros(1, np.int64)
 
 
@@ -131,13 +127,17 @@ def step_caches(batch: Batch, layer: int):
         return tuple(a[None] for a in first.layer_arrays(layer)), _ONE_SLOT
     if first.pool is None or any(s.cache.pool is not first.pool for s in batch.segments):
         return None
-    return first.pool_arrays(layer), np.array([s.cache.slot for s in batch.segments], np.int64)
+    return first.pool_arrays(layer), batch.slots()
 
 
-def fusable(*weights: Linear) -> bool:
+ONE_CALL_STEPS = True  # off: every decode step block by block (what tests compare the one call with)
+
+
+def fusable(all_exact: bool) -> bool:
     """Whether a block's one-token pass can run in one call (kernels/decode.py): exact products
-    only, and no imatrix observer waiting to see each product's input."""
-    return Linear.observer is None and all(w.exact for w in weights)
+    only (all_exact: the block's weights, known once), and no imatrix observer waiting to see each
+    product's input."""
+    return ONE_CALL_STEPS and Linear.observer is None and all_exact
 
 
 def norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -217,9 +217,21 @@ class AttentionLayer:
     def _step_caches(self, batch, layer):
         """The caches for the one-call path of a decode step (kernels/decode.py), or None to take the
         block-by-block path."""
-        if decode_step(batch) and fusable(self.wq, self.wk, self.wv, self.wo):
+        if batch.decode_step and fusable(self._exact):
             return step_caches(batch, layer)
         return None
+
+    @cached_property
+    def _exact(self) -> bool:
+        return all(w.exact for w in (self.wq, self.wk, self.wv, self.wo))
+
+    @cached_property
+    def _kernel_args(self) -> tuple:
+        """The one-call kernels' arguments that are this layer's own (weights, shapes): built once."""
+        biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (_EMPTY,) * 3
+        norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (_EMPTY,) * 2
+        return (self.wq.rows, self.wk.rows, self.wv.rows, self.wo.rows, biases, norms, np.float32(self.norm_eps),
+                (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v))
 
     def _kernels(self, x):
         return attention_kernels(self.wq.type_id, self.wk.type_id, self.wv.type_id, self.wo.type_id, x.shape[0] == 1)
@@ -227,14 +239,9 @@ class AttentionLayer:
     def _step_args(self, batch, caches, rope, scale, q_prescale):
         """The one-call kernels' arguments after the input rows (and norms)."""
         arrays, slots = caches
-        biases = (self.q_bias, self.k_bias, self.v_bias) if self.q_bias is not None else (_EMPTY,) * 3
-        norms = (self.q_norm, self.k_norm) if self.q_norm is not None else (_EMPTY,) * 2
-        positions = np.array([s.pos0 for s in batch.segments], np.int64)
-        splits = np.array([self.numerics.split_cells(s.pos0, s.cache.n_ctx) for s in batch.segments], np.int64)
         cos, sin = rope
-        return (self.wq.rows, self.wk.rows, self.wv.rows, self.wo.rows, biases, norms, np.float32(self.norm_eps),
-                (self.n_head, self.n_head_kv, self.head_dim, self.head_dim_v), cos, sin, self.rope_mode,
-                float(q_prescale), arrays, slots, positions, self.window, float(scale), splits)
+        return (*self._kernel_args, cos, sin, self.rope_mode, float(q_prescale), arrays, slots, batch.positions(),
+                self.window, float(scale), batch.splits(self.numerics))
 
 
 @dataclass
@@ -256,7 +263,11 @@ class FeedForward:
 
     def _one_call(self, x, batch) -> bool:
         one_row = batch is None and x.shape[0] == 1
-        return (one_row or batch is not None and decode_step(batch)) and fusable(self.gate, self.up, self.down)
+        return (one_row or batch is not None and batch.decode_step) and fusable(self._exact)
+
+    @cached_property
+    def _exact(self) -> bool:
+        return all(w.exact for w in (self.gate, self.up, self.down))
 
     def _kernels(self, x):
         return feed_forward_kernels(self.gate.type_id, self.up.type_id, self.down.type_id,
