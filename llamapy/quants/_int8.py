@@ -71,15 +71,6 @@ def _prefetch_rows(raw, first, count):
         prefetch(flat, p)
 
 
-@njit(cache=True, inline="always")
-def _prefetch_task(raw, r, end):
-    """Hint a task's own rows as it starts. The prefetch ahead covers the rows after a thread's first
-    task, not that one, and the layers' matrices are small (12-36 tasks): their first rows on each
-    thread came from memory one miss after another. SmolLM2's step 1.04-1.08x faster on AMD Zen 3;
-    not for Q8_0, whose one large matrix (the head) measured 2-3 % slower with the extra hints."""
-    _prefetch_rows(raw, r, end - r)
-
-
 @njit(cache=True)
 def _lane_sums_row(xb, out, t):
     row, dst = xb[t], out[t]
@@ -216,7 +207,11 @@ def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
             for row in range(r, end):
                 out[row] = _row_dot(raw[row], Q8_0, xb, xd, xs, xsum, nb)
         else:
-            _prefetch_task(raw, r, end)
+            # The task's own rows too: the prefetch ahead covers the rows after a thread's first task,
+            # not that one, and the layers' matrices are small (12-36 tasks), so their first rows on
+            # each thread came from memory one miss after another. SmolLM2's step 1.04-1.08x faster
+            # on AMD Zen 3; not for Q8_0, whose one large matrix (the head) measured 2-3 % slower.
+            _prefetch_rows(raw, r, end - r)
             _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb)
     return out
 

@@ -42,11 +42,11 @@ def _row_x4_tokens(row, type_id, xb, scale_splats, sums4, xsum, t, nb, out, r):
         w = _block_quants(row, type_id, b)[0]
         w_u = unsigned_form(w) if type_id == Q8_0 else w
         dm = half_pairs(load_u32(row, b * size), 0, 0, 0)  # d, m in lanes 0, 1
-        d, o, so, sp = vsplat(lane(dm, 0)), 32 * b, 8 * b, 32 * b
-        a0 = vfma(d * vload(splats, sp), vfloat(_lane_sum(type_id, w, w_u, load_words(x0, o), s0, so)), a0)
-        a1 = vfma(d * vload(splats, sp + 8), vfloat(_lane_sum(type_id, w, w_u, load_words(x1, o), s1, so)), a1)
-        a2 = vfma(d * vload(splats, sp + 16), vfloat(_lane_sum(type_id, w, w_u, load_words(x2, o), s2, so)), a2)
-        a3 = vfma(d * vload(splats, sp + 24), vfloat(_lane_sum(type_id, w, w_u, load_words(x3, o), s3, so)), a3)
+        d, o, so = vsplat(lane(dm, 0)), 32 * b, 8 * b
+        a0 = vfma(d * vload(splats, o), vfloat(_lane_sum(type_id, w, w_u, load_words(x0, o), s0, so)), a0)
+        a1 = vfma(d * vload(splats, o + 8), vfloat(_lane_sum(type_id, w, w_u, load_words(x1, o), s1, so)), a1)
+        a2 = vfma(d * vload(splats, o + 16), vfloat(_lane_sum(type_id, w, w_u, load_words(x2, o), s2, so)), a2)
+        a3 = vfma(d * vload(splats, o + 24), vfloat(_lane_sum(type_id, w, w_u, load_words(x3, o), s3, so)), a3)
         if with_min:
             mins = vfma(vsplat(lane(dm, 1)), vload(sums, 8 * b), mins)
     out[t, r], out[t + 1, r] = _hsum(a0) + lane(mins, 0), _hsum(a1) + lane(mins, 1)
