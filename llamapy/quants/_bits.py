@@ -436,6 +436,18 @@ add_halves = _pairwise("add_halves", [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12
                        "[lo(a) + hi(a), lo(b) + hi(b)]: the 128-bit halves of a, and of b, added.")
 
 
+@intrinsic
+def even_dup(typingctx, v):
+    """Each even lane of v copied into the odd lane after it (vmovsldup)."""
+    if v != f32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _shuffle(builder, args[0], args[0], [0, 0, 2, 2, 4, 4, 6, 6])
+
+    return f32x8(v), codegen
+
+
 # Operators on vectors: + - * of two f32x8; + - * | of two i32x8; & >> << - with an integer
 # (splatted). >> is arithmetic, as Python's on a signed int32.
 
@@ -492,7 +504,8 @@ for _op in (operator.add, operator.sub, operator.mul, operator.or_, operator.and
 __all__ = [
     "f16_bits", "f16_to_f32", "f32_as_u32", "fma32", "load_f32", "load_u16", "load_u32", "round_f16", "shr32",
     "u32_as_f32",
-    "add_halves", "bytes_of", "f32x8", "hadd", "half_pairs", "i32x8", "lane", "load_nibble_words", "load_sbytes",
+    "add_halves", "bytes_of", "even_dup", "f32x8", "hadd", "half_pairs", "i32x8", "lane", "load_nibble_words",
+    "load_sbytes",
     "load_words",
     "pair_sums", "reduce_add", "spread_bits", "vfloat", "vfma", "vint", "vload", "vpair", "vsplat", "vstore", "vzero",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._bits import half_pairs, lane, load_u32, load_words, vfloat, vfma, vload, vsplat, vzero
+from ._bits import even_dup, half_pairs, lane, load_u32, load_words, vfloat, vfma, vload, vsplat, vzero
 from ._exact import ROWS_PER_TASK, _hsum
 from ._int8 import PREFETCH_ROWS, _block_quants, _lane_sum, _prefetch_rows, _row_dot, block_bytes
 from ._isa import unsigned_form
@@ -41,16 +41,29 @@ def _row_x4_tokens(row, type_id, xb, scale_splats, sums4, xsum, t, nb, out, r):
     for b in range(nb):
         w = _block_quants(row, type_id, b)[0]
         w_u = unsigned_form(w) if type_id == Q8_0 else w
-        dm = half_pairs(load_u32(row, b * size), 0, 0, 0)  # d, m in lanes 0, 1
-        d, o, so = vsplat(lane(dm, 0)), 32 * b, 8 * b
+        d, o, so = _scale_splat(row, type_id, b * size), 32 * b, 8 * b
         a0 = vfma(d * vload(splats, o), vfloat(_lane_sum(type_id, w, w_u, load_words(x0, o), s0, so)), a0)
         a1 = vfma(d * vload(splats, o + 8), vfloat(_lane_sum(type_id, w, w_u, load_words(x1, o), s1, so)), a1)
         a2 = vfma(d * vload(splats, o + 16), vfloat(_lane_sum(type_id, w, w_u, load_words(x2, o), s2, so)), a2)
         a3 = vfma(d * vload(splats, o + 24), vfloat(_lane_sum(type_id, w, w_u, load_words(x3, o), s3, so)), a3)
         if with_min:
-            mins = vfma(vsplat(lane(dm, 1)), vload(sums, 8 * b), mins)
+            m = lane(half_pairs(load_u32(row, b * size), 0, 0, 0), 1)  # d's conversion too (LLVM merges them)
+            mins = vfma(vsplat(m), vload(sums, 8 * b), mins)
     out[t, r], out[t + 1, r] = _hsum(a0) + lane(mins, 0), _hsum(a1) + lane(mins, 1)
     out[t + 2, r], out[t + 3, r] = _hsum(a2) + lane(mins, 2), _hsum(a3) + lane(mins, 3)
+
+
+@njit(cache=True, inline="always")
+def _scale_splat(row, type_id, head):
+    """The block's d in every lane. Without a min (Q4_0, Q5_0, Q8_0) the block's first word (d and
+    two quant bytes) is converted broadcast, d landing in the even lanes, which are copied over: over
+    four tokens, 1.3x (Zen 3) / 1.17x (Zen 5) faster for Q4_0, 1.05x / 1.37x for Q5_0 and 1.07-1.1x /
+    1.14x for Q8_0 than converting one word and broadcasting lane 0. That stays for Q4_1 and Q5_1,
+    whose d and m are converted together for the mins (the broadcast form measured 1.02x slower)."""
+    word = load_u32(row, head)
+    if type_id != Q4_1 and type_id != Q5_1:
+        return even_dup(half_pairs(word, word, word, word))
+    return vsplat(lane(half_pairs(word, 0, 0, 0), 0))
 
 
 @njit(cache=True)
