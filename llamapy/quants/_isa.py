@@ -159,17 +159,20 @@ def q8_sum(typingctx, base, w_unsigned, w, x):
         return None
 
     def codegen(context, builder, sig, args):
-        base, w_u, w, x = args
-        isa = byte_dot_isa(target_features(context))
-        if _flips_sign(context):
-            return _dot4_ir(builder, isa, base, w_u, x)
-        if isa == "avx2":  # vpsignb: LLVM makes five instructions of _sign_bytes_ir's selects
-            signed = _call(builder, "llvm.x86.avx2.psign.b", _V32B,
-                           [builder.bitcast(x, _V32B), builder.bitcast(w, _V32B)])
-            return _dot4_ir(builder, isa, base, w_u, builder.bitcast(signed, _V8I))
-        return _dot4_ir(builder, isa, base, w_u, _sign_bytes_ir(builder, x, w))
+        return q8_sum_ir(context, builder, *args)
 
     return i32x8(base, w_unsigned, w, x), codegen
+
+
+def q8_sum_ir(context, builder, base, w_u, w, x):
+    """q8_sum's IR on eight-lane values (also _pairs.pair_q8_sum's, half by half)."""
+    isa = byte_dot_isa(target_features(context))
+    if _flips_sign(context):
+        return _dot4_ir(builder, isa, base, w_u, x)
+    if isa == "avx2":  # vpsignb: LLVM makes five instructions of _sign_bytes_ir's selects
+        signed = _call(builder, "llvm.x86.avx2.psign.b", _V32B, [builder.bitcast(x, _V32B), builder.bitcast(w, _V32B)])
+        return _dot4_ir(builder, isa, base, w_u, builder.bitcast(signed, _V8I))
+    return _dot4_ir(builder, isa, base, w_u, _sign_bytes_ir(builder, x, w))
 
 
 @intrinsic
