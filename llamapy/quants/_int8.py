@@ -214,7 +214,7 @@ def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
             # The task's own rows too: the prefetch ahead covers the rows after a thread's first task,
             # not that one, and the layers' matrices are small (12-36 tasks), so their first rows on
             # each thread came from memory one miss after another. SmolLM2's step 1.04-1.08x faster
-            # on AMD Zen 3; not for Q8_0, whose one large matrix (the head) measured 2-3 % slower.
+            # on AMD Zen 3; not for Q8_0's one-row path, whose head measured 2-3 % slower with it.
             _prefetch_rows(raw, r, end - r)
             _rows_x4(raw, type_id, xb, xd, xs, xsum, out, r, end, nb)
     return out

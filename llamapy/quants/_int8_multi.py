@@ -99,9 +99,10 @@ def _row_x4_tokens(row, type_id, groups, sums, nb, out, t, r):
 @njit(cache=True, inline="always")
 def _rows2_x4_tokens(ra, rb, type_id, groups, sums, nb, out, t, r):
     """out[t:t+4, r:r+2]: _row_x4_tokens for two rows in one pass, whose independent chains keep
-    the pipes busy and share the loads of the activations: with AVX-512's 32 registers, 1.3x (Q4_1)
-    and 1.9x (Q8_0) faster than one row on AMD Zen 5. AVX2's sixteen do not hold two rows' chains
-    (1.05-1.2x slower on AMD Zen 3), so there _rows takes one row at a time."""
+    the pipes busy and share the loads of the activations: with AVX-512's 32 registers, about 1.15x
+    (Q4_1) and 1.3x (Q8_0) faster than one row on AMD Zen 5 (1536x576, 4 tokens, -t 1). AVX2's
+    sixteen do not hold two rows' chains (1.05-1.2x slower on AMD Zen 3), so there _rows takes one
+    row at a time."""
     a01, a23, c01, c23 = pair_zero(), pair_zero(), pair_zero(), pair_zero()
     ma, mc = vzero(), vzero()
     for b in range(nb):
