@@ -65,11 +65,12 @@ PREFETCH_ROWS = ROWS_PER_TASK
 
 @njit(cache=True)
 def _prefetch_rows(raw, first, count):
-    """Hint the cache lines of rows first .. first+count-1 (clipped to the matrix)."""
-    flat = raw.reshape(-1)
+    """Hint the cache lines of rows first .. first+count-1 (clipped to the matrix). prefetch takes
+    byte offsets into the whole C-contiguous matrix: a flat view (raw.reshape(-1)) was a call into
+    numba's C helpers every few rows, 5 % of a four-sequence step."""
     width = raw.shape[1]
-    for p in range(first * width, min(flat.shape[0], (first + count) * width), 64):
-        prefetch(flat, p)
+    for p in range(first * width, min(raw.shape[0] * width, (first + count) * width), 64):
+        prefetch(raw, p)
 
 
 @njit(cache=True)
