@@ -186,7 +186,7 @@ def _shuffle(builder, a, b, mask):
 
 def _splat(builder, value, vecty):
     v = builder.insert_element(ir.Constant(vecty, ir.Undefined), value, ir.Constant(_I32, 0))
-    return _shuffle(builder, v, v, [0] * 8)
+    return _shuffle(builder, v, v, [0] * vecty.count)
 
 
 def _is_vector_of(arr, dtype):
@@ -367,10 +367,17 @@ def vfma(typingctx, a, b, c):
         return None
 
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8F, [_V8F] * 3), "llvm.fma.v8f32")
-        return builder.call(fn, args)
+        return fma_ir(builder, *args)
 
     return f32x8(a, b, c), codegen
+
+
+def fma_ir(builder, a, b, c):
+    """llvm.fma on float vectors of any width (vfma's, and _pairs.pair_fma's)."""
+    vecty = a.type
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty] * 3),
+                                        f"llvm.fma.v{vecty.count}f32")
+    return builder.call(fn, [a, b, c])
 
 
 @intrinsic
@@ -460,8 +467,8 @@ def _binary(op, vecty, scalar_rhs):
 
         def codegen(context, builder, sig, args):
             rhs = args[1]
-            if scalar_rhs:
-                rhs = _splat(builder, context.cast(builder, rhs, sig.args[1], types.int32), _V8I)
+            if scalar_rhs:  # an integer in every lane, as wide as a (also _pairs' sixteen-lane ops)
+                rhs = _splat(builder, context.cast(builder, rhs, sig.args[1], types.int32), args[0].type)
             return getattr(builder, op)(args[0], rhs)
 
         return vecty(a, b), codegen

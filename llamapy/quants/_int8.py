@@ -51,7 +51,7 @@ from ._exact import (
     _q6_k_scales,
 )
 from ._isa import bit_bytes, dot4, iload, istore, izero, prefetch, q8_base, q8_sum, splat_i32, unsigned_form
-from ._pairs import rows_at_once
+from ._pairs import has_32_registers
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 _LOW_NIBBLES = 0x0F0F0F0F
@@ -202,7 +202,7 @@ def matvec_q32_int8(raw, type_id, xb, xd, xs, xsum, out):
     nb = xb.shape[0] // 32
     for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r, end = task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)
-        if type_id == Q8_0 and rows_at_once() == 1:
+        if type_id == Q8_0 and not has_32_registers():
             # Without AVX-512, Q8_0 one row at a time: four rows of its signed blocks, each with
             # AVX2's sign step, measured slower. With it (and VNNI's w + 128, no sign step) four
             # rows are 2.7x faster: SmolLM2's head on AMD Zen 5, 2704 -> 987 us at -t 1.

@@ -19,6 +19,7 @@ from ._exact import ROWS_PER_TASK, _hsum
 from ._int8 import PREFETCH_ROWS, _block_quants, _prefetch_rows, _row_dot, block_bytes
 from ._isa import unsigned_form
 from ._pairs import (
+    has_32_registers,
     high_half,
     low_half,
     pair_dot4,
@@ -31,7 +32,6 @@ from ._pairs import (
     pair_q8_sum,
     pair_words,
     pair_zero,
-    rows_at_once,
     twice,
 )
 from .types import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
@@ -74,7 +74,7 @@ def _block_step(row, type_id, b, groups, a01, a23):
 def _min_step(row, type_id, b, sums, mins):
     """The four tokens' min terms of block b: one fma with their Q8_1 sums side by side (sums, from
     _side_by_side)."""
-    m = lane(half_pairs(load_u32(row, b * block_bytes(type_id)), 0, 0, 0), 1)  # d's conversion too
+    m = lane(half_pairs(load_u32(row, b * block_bytes(type_id)), 0, 0, 0), 1)  # d's word, converted again
     return vfma(vsplat(m), vload(sums, 8 * b), mins)
 
 
@@ -176,9 +176,9 @@ def _rows(raw, type_id, xb, xd, xs, xsum, layouts, out, r, end, nb):
     layouts: per group of four tokens, (x_pairs, scale_splats, sum_pairs) and sums4."""
     n = xb.shape[0]
     x_pairs, scale_splats, sum_pairs, sums4 = layouts
-    step = rows_at_once()
+    pairs_of_rows = has_32_registers()
     while r < end:
-        two = step == 2 and r + 1 < end
+        two = pairs_of_rows and r + 1 < end
         _prefetch_rows(raw, r + PREFETCH_ROWS, 2 if two else 1)
         for t in range(0, n - n % 4, 4):
             g = (x_pairs[t // 4], scale_splats[t // 4], sum_pairs[t // 4])

@@ -144,12 +144,18 @@ def q8_base(typingctx, x_lane_sums):
         return None
 
     def codegen(context, builder, sig, args):
-        zero = ir.Constant(_V8I, [0] * 8)
-        if _flips_sign(context):
-            return builder.sub(zero, builder.shl(args[0], ir.Constant(_V8I, [7] * 8)))
-        return zero
+        return q8_base_ir(context, builder, args[0])
 
     return i32x8(x_lane_sums), codegen
+
+
+def q8_base_ir(context, builder, x_lane_sums):
+    """q8_base's IR on int32 vectors of any width (also _pairs.pair_q8_base's)."""
+    vecty = x_lane_sums.type
+    zero = ir.Constant(vecty, [0] * vecty.count)
+    if _flips_sign(context):
+        return builder.sub(zero, builder.shl(x_lane_sums, ir.Constant(vecty, [7] * vecty.count)))
+    return zero
 
 
 @intrinsic

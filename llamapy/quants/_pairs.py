@@ -18,12 +18,11 @@ import operator
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.core.datamodel import models
 from numba.extending import intrinsic, overload, register_model
 
-from ._bits import _is_vector_of, _mask, _pointer, f32x8, i32x8
-from ._isa import _call, _dot4_ir, _flips_sign, byte_dot_isa, q8_sum_ir, target_features
+from ._bits import _binary, _is_vector_of, _mask, _pointer, f32x8, fma_ir, i32x8
+from ._isa import _call, _dot4_ir, _flips_sign, byte_dot_isa, q8_base_ir, q8_sum_ir, target_features
 
 _I32, _F32 = ir.IntType(32), ir.FloatType()
 _V16F, _V16I = ir.VectorType(_F32, 16), ir.VectorType(_I32, 16)
@@ -140,8 +139,7 @@ def pair_fma(typingctx, a, b, c):
         return None
 
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F, [_V16F] * 3), "llvm.fma.v16f32")
-        return builder.call(fn, args)
+        return fma_ir(builder, *args)
 
     return f32x16(a, b, c), codegen
 
@@ -184,10 +182,7 @@ def pair_q8_base(typingctx, x_lane_sums):
         return None
 
     def codegen(context, builder, sig, args):
-        zero = ir.Constant(_V16I, [0] * 16)
-        if _flips_sign(context):
-            return builder.sub(zero, builder.shl(args[0], ir.Constant(_V16I, [7] * 16)))
-        return zero
+        return q8_base_ir(context, builder, args[0])
 
     return i32x16(x_lane_sums), codegen
 
@@ -207,33 +202,14 @@ def pair_q8_sum(typingctx, base, w_unsigned, w, x):
 
 
 @intrinsic
-def rows_at_once(typingctx):
-    """How many weight rows a few-token kernel takes per pass: 2 where the target has AVX-512's 32
-    vector registers, which hold two rows' chains, else 1. A constant, so LLVM drops the other path."""
+def has_32_registers(typingctx):
+    """Whether the target has AVX-512's 32 vector registers, which hold more independent chains than
+    AVX2's 16 (the product kernels then take more rows per pass). A constant: LLVM drops the other path."""
 
     def codegen(context, builder, sig, args):
-        return ir.Constant(ir.IntType(64), 2 if "avx512f" in target_features(context) else 1)
+        return ir.Constant(ir.IntType(1), int("avx512f" in target_features(context)))
 
-    return types.int64(), codegen
-
-
-def _binary(op, vecty, scalar_rhs):
-    @intrinsic
-    def impl(typingctx, a, b):
-        if a != vecty or (not isinstance(b, types.Integer) if scalar_rhs else b != vecty):
-            return None
-
-        def codegen(context, builder, sig, args):
-            rhs = args[1]
-            if scalar_rhs:
-                v = context.cast(builder, rhs, sig.args[1], types.int32)
-                one = builder.insert_element(ir.Constant(_V16I, ir.Undefined), v, ir.Constant(_I32, 0))
-                rhs = builder.shuffle_vector(one, one, _mask([0] * 16))
-            return getattr(builder, op)(args[0], rhs)
-
-        return vecty(a, b), codegen
-
-    return impl
+    return types.boolean(), codegen
 
 
 # f32x16 * f32x16, i32x16 - i32x16, and i32x16 << an integer (splatted).
@@ -257,5 +233,5 @@ for _op in {key[0] for key in _OPS}:
     _register(_op)
 
 __all__ = ["f32x16", "high_half", "i32x16", "low_half", "pair_dot4", "pair_float", "pair_fma", "pair_iload",
-           "pair_izero", "pair_load", "pair_q8_base", "pair_q8_sum", "pair_words", "pair_zero", "rows_at_once",
+           "pair_izero", "pair_load", "pair_q8_base", "pair_q8_sum", "pair_words", "pair_zero", "has_32_registers",
            "twice"]
