@@ -190,15 +190,16 @@ def _attention(x, wq, tq, wk, tk, wv, tv, wo, to, qkv_blocks, qkv_super, o_block
 @njit(cache=True, parallel=True)
 def _attend_rows(q, k_cells, k_scales, v_cells, v_scales, slots, positions, window, scale, out, splits):
     """One-query attention for each of m rows [m, n_head, d], row i over sequence slots[i]'s cells up
-    to positions[i]: rows × heads in parallel. A single sequence's step runs it serially (a parallel
+    to positions[i]: rows × kv heads in parallel. A single sequence's step runs it serially (a parallel
     region costs more than its nine heads); several sequences' heads fill both cores."""
     m, n_head, _ = q.shape
-    for task in prange(m * n_head):
-        i, h = task // n_head, task % n_head
+    n_kv = k_cells.shape[2]
+    by_head = out.reshape(m, n_head, -1)
+    for task in prange(m * n_kv):
+        i, kh = task // n_kv, task % n_kv
         s, pos = slots[i], positions[i]
-        _attend_task(np.int64(h), q[i:i + 1].copy(), k_cells[s][:pos + 1], k_scales[s][:pos + 1],
-                     v_cells[s][:pos + 1], v_scales[s][:pos + 1], pos, window, scale,
-                     out[i].reshape(1, n_head, -1), splits[i])
+        _attend_task(np.int64(kh), q[i:i + 1], k_cells[s][:pos + 1], k_scales[s][:pos + 1],
+                     v_cells[s][:pos + 1], v_scales[s][:pos + 1], pos, window, scale, by_head[i:i + 1], splits[i])
 
 
 @njit(cache=True, inline="always")

@@ -14,6 +14,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..quants._bits import f16_bits, f16_to_f32, f32x8, round_f16
+from ..quants._pairs import f32x16, joined
 
 
 def kv_value(cells, scales, pos, head, i):
@@ -109,29 +110,37 @@ def _kv_store(cells, scales, pos, x):
     return None
 
 
-# --- eight consecutive elements at once, for the one-query attention's vector loops ---------------
+# --- eight or sixteen consecutive elements at once, for the one-query attention's vector loops -----
 
 _F32x8 = ir.VectorType(ir.FloatType(), 8)
 
 
-@intrinsic
-def _load8(typingctx, cells, pos, head, i):
-    """cells[pos, head, i:i+8] as eight float32 lanes, for float32 or float16-bit cells whose last
+def _lanes_loader(result, lanes):
+    """cells[pos, head, i:i+lanes] as float32 lanes, for float32 or float16-bit cells whose last
     axis is contiguous (every cache's is)."""
-    if not (isinstance(cells, types.Array) and cells.ndim == 3 and cells.dtype in (types.float32, types.uint16)):
-        return None
-    half = cells.dtype == types.uint16
+    vecty = ir.VectorType(ir.FloatType(), lanes)
 
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        index = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], sig.args[1:], strict=True)]
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, index)
-        if half:
-            raw = builder.load(builder.bitcast(ptr, ir.VectorType(ir.IntType(16), 8).as_pointer()), align=2)
-            return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), 8)), _F32x8)
-        return builder.load(builder.bitcast(ptr, _F32x8.as_pointer()), align=4)
+    def typer(typingctx, cells, pos, head, i):
+        if not (isinstance(cells, types.Array) and cells.ndim == 3 and cells.dtype in (types.float32, types.uint16)):
+            return None
+        half = cells.dtype == types.uint16
 
-    return f32x8(cells, pos, head, i), codegen
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            index = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], sig.args[1:], strict=True)]
+            ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, index)
+            if half:
+                raw = builder.load(builder.bitcast(ptr, ir.VectorType(ir.IntType(16), lanes).as_pointer()), align=2)
+                return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), lanes)), vecty)
+            return builder.load(builder.bitcast(ptr, vecty.as_pointer()), align=4)
+
+        return result(cells, pos, head, i), codegen
+
+    return intrinsic(typer)
+
+
+_load8 = _lanes_loader(f32x8, 8)
+_load16 = _lanes_loader(f32x16, 16)
 
 
 @intrinsic
@@ -176,3 +185,17 @@ def _kv_vector(cells, scales, pos, head, i):
                       kv_value(cells, scales, pos, head, i + 4), kv_value(cells, scales, pos, head, i + 5),
                       kv_value(cells, scales, pos, head, i + 6), kv_value(cells, scales, pos, head, i + 7))
     return by_element
+
+
+def kv_vector16(cells, scales, pos, head, i):
+    """cells[pos, head, i:i+16] as float32 lanes (numba uses the overload below): one zmm load and
+    conversion with AVX-512, two ymm ones elsewhere."""
+    raise NotImplementedError("kv_vector16 runs inside numba kernels only")
+
+
+@overload(kv_vector16, inline="always")
+def _kv_vector16(cells, scales, pos, head, i):
+    if cells.dtype in (types.float32, types.uint16):
+        return lambda cells, scales, pos, head, i: _load16(cells, pos, head, i)
+    return lambda cells, scales, pos, head, i: joined(kv_vector(cells, scales, pos, head, i),
+                                                      kv_vector(cells, scales, pos, head, i + 8))

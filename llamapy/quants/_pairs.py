@@ -105,6 +105,43 @@ high_half = _half("high_half", _HIGH, "The second token's eight lanes.")
 
 
 @intrinsic
+def pair_store(typingctx, arr, i, v):
+    """arr[i:i+16] = v (no bounds check)."""
+    if not (_is_vector_of(arr, types.float32) and isinstance(i, types.Integer) and v == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _pointer(context, builder, sig, args, _V16F), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def joined(typingctx, lo, hi):
+    """Two eight-lane vectors as one sixteen-lane vector (lo in the low lanes)."""
+    if not (lo == f32x8 and hi == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[1], _mask(_LOW + _HIGH))
+
+    return f32x16(lo, hi), codegen
+
+
+@intrinsic
+def round_f16x16(typingctx, v):
+    """Each lane rounded to the nearest float16 (ties to even), back as float32."""
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.VectorType(ir.HalfType(), 16)), _V16F)
+
+    return f32x16(v), codegen
+
+
+@intrinsic
 def pair_zero(typingctx):
     def codegen(context, builder, sig, args):
         return ir.Constant(_V16F, [0.0] * 16)
@@ -212,8 +249,9 @@ def has_32_registers(typingctx):
     return types.boolean(), codegen
 
 
-# f32x16 * f32x16, i32x16 - i32x16, and i32x16 << an integer (splatted).
+# f32x16 + and * f32x16, i32x16 - i32x16, and i32x16 << an integer (splatted).
 _OPS = {
+    (operator.add, F32x16, F32x16): _binary("fadd", f32x16, False),
     (operator.mul, F32x16, F32x16): _binary("fmul", f32x16, False),
     (operator.sub, I32x16, I32x16): _binary("sub", i32x16, False),
     (operator.lshift, I32x16, types.Integer): _binary("shl", i32x16, True),
@@ -232,6 +270,6 @@ def _register(op):
 for _op in {key[0] for key in _OPS}:
     _register(_op)
 
-__all__ = ["f32x16", "high_half", "i32x16", "low_half", "pair_dot4", "pair_float", "pair_fma", "pair_iload",
-           "pair_izero", "pair_load", "pair_q8_base", "pair_q8_sum", "pair_words", "pair_zero", "has_32_registers",
-           "twice"]
+__all__ = ["f32x16", "high_half", "i32x16", "joined", "low_half", "pair_dot4", "pair_float", "pair_fma",
+           "pair_iload", "pair_izero", "pair_load", "pair_q8_base", "pair_q8_sum", "pair_store", "pair_words",
+           "pair_zero", "has_32_registers", "round_f16x16", "twice"]
