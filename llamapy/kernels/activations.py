@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ..quants._bits import f16_bits, f16_to_f32, f32_as_u32, fma32, round_f16, u32_as_f32
+from ..quants._bits import f16_bits, f16_to_f32, f32_as_u32, f64_as_u64, fma32, fma64, round_f16, u32_as_f32, u64_as_f64
 from ..quants._exact import PARALLEL_MIN_ROWS  # fewer rows (a decode step) stay serial
 
 SQRT_2_OVER_PI = np.float32(0.7978845608028654)
@@ -33,6 +33,41 @@ def expf_parts(x):
     u = b * b
     j = fma32(fma32(fma32(_P0, b, _P1), u, fma32(_P2, b, _P3)), u, _P4 * b)
     return n, e, k, j
+
+
+# glibc's expf (2.27 on; the FMA build, which CPUs with AVX2 run): what the expf calls of ggml's
+# scalar code, and numba's np.exp of a float32, reach on Linux. exp(x) = 2^(k/32) · 2^(r/32) with
+# r in [-1/2, 1/2], in double precision; |x| up to about 88.7 (top bits of x <= 0x42a) take this
+# path, the rest special cases. The table holds the bits of 2^(i/32) less i << 47.
+_EXP2_TABLE = np.array([
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51,
+    0x3fef72b83c7d517b, 0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715, 0x3feef1a7373aa9cb, 0x3feedea64c123422, 0x3feece086061892d,
+    0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429, 0x3feea47eb03a5585,
+    0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74, 0x3feea11473eb0187, 0x3feea589994cce13,
+    0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d,
+    0x3feee89f995ad3ad, 0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069,
+    0x3fef5818dcfba487, 0x3fef7c97337b9b5f, 0x3fefa4afa2a490da, 0x3fefd0765b6e4540,
+], dtype=np.uint64)
+_N_OVER_LN2 = float.fromhex("0x1.71547652b82fep+5")
+_ROUND_SHIFT = float.fromhex("0x1.8p+52")
+_C0 = float.fromhex("0x1.c6af84b912394p-20")
+_C1 = float.fromhex("0x1.ebfce50fac4f3p-13")
+_C2 = float.fromhex("0x1.62e42ff0c52d6p-6")
+
+
+@njit(cache=True, inline="always")
+def libm_expf_main(x):
+    """(glibc's expf(x) where its main path holds, whether it holds): branch-free, so a loop of
+    them vectorises where the library call cannot."""
+    xd = np.float64(x)
+    z = fma64(_N_OVER_LN2, xd, _ROUND_SHIFT)
+    k = f64_as_u64(z)
+    kd = z - _ROUND_SHIFT
+    r = fma64(_N_OVER_LN2, xd, -kd)
+    s = u64_as_f64(_EXP2_TABLE[k & np.uint64(31)] + (k << np.uint64(47)))
+    y = fma64(fma64(r, _C0, _C1), r * r, fma64(r, _C2, 1.0)) * s
+    return np.float32(y), (f32_as_u32(x) >> np.uint32(20)) & np.uint32(0x7FF) <= np.uint32(0x42A)
 
 
 @njit(cache=True, inline="always")

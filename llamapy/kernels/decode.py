@@ -33,9 +33,10 @@ from ..quants._int8_k import dot_q4_k_int8, dot_q6_k_int8
 from ..quants._int8_multi import dot_q32_few
 from ..quants.types import Q4_K, Q6_K
 from .activations import geglu, swiglu
-from .attention import _attend_task, _attention_serial
+from .attention import _attention_serial
 from .kv_access import kv_store
 from .norm import rms_norm
+from .one_query import attend_task
 from .rope import apply_rope
 
 ACT_SILU, ACT_GELU = 0, 1
@@ -198,7 +199,7 @@ def _attend_rows(q, k_cells, k_scales, v_cells, v_scales, slots, positions, wind
     for task in prange(m * n_kv):
         i, kh = task // n_kv, task % n_kv
         s, pos = slots[i], positions[i]
-        _attend_task(np.int64(kh), q[i:i + 1], k_cells[s][:pos + 1], k_scales[s][:pos + 1],
+        attend_task(np.int64(kh), q[i:i + 1], k_cells[s][:pos + 1], k_scales[s][:pos + 1],
                      v_cells[s][:pos + 1], v_scales[s][:pos + 1], pos, window, scale, by_head[i:i + 1], splits[i])
 
 

@@ -61,16 +61,44 @@ def f16_bits(typingctx, x):
     return types.uint16(x), codegen
 
 
+def _fused(name, ty, doc):
+    def typer(typingctx, a, b, c):
+        if not (a == ty and b == ty and c == ty):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.fma(args[0], args[1], args[2])
+
+        return ty(a, b, c), codegen
+
+    typer.__name__, typer.__doc__ = name, doc
+    return intrinsic(typer)
+
+
+fma32 = _fused("fma32", types.float32, "a*b + c with one rounding, as the fused multiply-adds in ggml's x86 kernels.")
+fma64 = _fused("fma64", types.float64, "fma32 in double precision.")
+
+
 @intrinsic
-def fma32(typingctx, a, b, c):
-    """a*b + c with a single rounding, as the fused multiply-adds in ggml's x86 kernels."""
-    if not (a == types.float32 and b == types.float32 and c == types.float32):
+def f64_as_u64(typingctx, x):
+    if x != types.float64:
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.fma(args[0], args[1], args[2])
+        return builder.bitcast(args[0], ir.IntType(64))
 
-    return types.float32(a, b, c), codegen
+    return types.uint64(x), codegen
+
+
+@intrinsic
+def u64_as_f64(typingctx, bits):
+    if bits != types.uint64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(bits), codegen
 
 
 @intrinsic

@@ -104,6 +104,35 @@ low_half = _half("low_half", _LOW, "The first token's eight lanes.")
 high_half = _half("high_half", _HIGH, "The second token's eight lanes.")
 
 
+def _rearranged(name, picks, doc):
+    """An intrinsic whose f32x16 takes lanes of a, or of a and b when picks goes past 15 (b's lanes
+    numbered 16..31)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[-1], _mask(picks))
+
+    if max(picks) < 16:
+        def typer(typingctx, a):
+            return (f32x16(a), codegen) if a == f32x16 else None
+    else:
+        def typer(typingctx, a, b):
+            return (f32x16(a, b), codegen) if a == f32x16 and b == f32x16 else None
+
+    typer.__name__, typer.__doc__ = name, doc
+    return intrinsic(typer)
+
+
+# A reduction of four sums at once takes these, each lane's add as in the reduction of one alone.
+lows = _rearranged("lows", _LOW + [16 + i for i in _LOW], "a's low eight lanes, then b's.")
+highs = _rearranged("highs", _HIGH + [16 + i for i in _HIGH], "a's high eight lanes, then b's.")
+even_quarters = _rearranged("even_quarters", [q * 4 + i for q in (0, 2, 4, 6) for i in range(4)],
+                            "The first and third four lanes of a, then of b.")
+odd_quarters = _rearranged("odd_quarters", [q * 4 + i for q in (1, 3, 5, 7) for i in range(4)],
+                           "The second and fourth four lanes of a, then of b.")
+swapped_lanes = _rearranged("swapped_lanes", [i ^ 1 for i in range(16)], "a's lanes 1, 0, 3, 2, ...")
+swapped_pairs = _rearranged("swapped_pairs", [i ^ 2 for i in range(16)], "a's lanes 2, 3, 0, 1, 6, 7, ...")
+
+
 @intrinsic
 def pair_store(typingctx, arr, i, v):
     """arr[i:i+16] = v (no bounds check)."""
@@ -270,6 +299,7 @@ def _register(op):
 for _op in {key[0] for key in _OPS}:
     _register(_op)
 
-__all__ = ["f32x16", "high_half", "i32x16", "joined", "low_half", "pair_dot4", "pair_float", "pair_fma",
-           "pair_iload", "pair_izero", "pair_load", "pair_q8_base", "pair_q8_sum", "pair_store", "pair_words",
-           "pair_zero", "has_32_registers", "round_f16x16", "twice"]
+__all__ = ["even_quarters", "f32x16", "has_32_registers", "high_half", "highs", "i32x16", "joined", "low_half",
+           "lows", "odd_quarters", "pair_dot4", "pair_float", "pair_fma", "pair_iload", "pair_izero", "pair_load",
+           "pair_q8_base", "pair_q8_sum", "pair_store", "pair_words", "pair_zero", "round_f16x16", "swapped_lanes",
+           "swapped_pairs", "twice"]
