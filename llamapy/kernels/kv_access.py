@@ -199,3 +199,34 @@ def _kv_vector16(cells, scales, pos, head, i):
         return lambda cells, scales, pos, head, i: _load16(cells, pos, head, i)
     return lambda cells, scales, pos, head, i: joined(kv_vector(cells, scales, pos, head, i),
                                                       kv_vector(cells, scales, pos, head, i + 8))
+
+
+# --- a quantized cache's rows as float32, for kernels that want one loader -------------------------
+
+def kv_float_cells(cells, scales, head, first, end):
+    """(cells, scales, head) that read as float32 or float16 bits with no scales: a float32 or
+    float16 cache as it is; a quantized one's head `head`, cells first..end-1, decoded into a
+    float32 [end, 1, d] (rows before first left unset) read as head 0 (numba: the overload below).
+
+    The one-query attention compiles its vector loops for these two loaders only: inlined for the
+    per-element decoding of q8_0 and q4_0 they cost minutes of a cold start, and decoding each row
+    once gives the same float32 values."""
+    raise NotImplementedError("kv_float_cells runs inside numba kernels only")
+
+
+@njit(cache=True)
+def _decoded_rows(cells, scales, head, first, end):
+    d = scales.shape[2] * 32
+    out = np.empty((end, 1, d), dtype=np.float32)
+    for j in range(first, end):
+        for i in range(d):
+            out[j, 0, i] = kv_value(cells, scales, j, head, i)
+    return out
+
+
+@overload(kv_float_cells, inline="always")
+def _kv_float_cells(cells, scales, head, first, end):
+    if cells.dtype in (types.float32, types.uint16):
+        return lambda cells, scales, head, first, end: (cells, scales, np.int64(head))
+    return lambda cells, scales, head, first, end: (_decoded_rows(cells, scales, head, first, end),
+                                                    np.zeros((1, 1, 1), dtype=np.float32), np.int64(0))

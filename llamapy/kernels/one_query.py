@@ -30,7 +30,7 @@ from ..quants._pairs import (
     twice,
 )
 from .activations import libm_expf_main
-from .kv_access import kv_value, kv_vector, kv_vector16, round_f16x8
+from .kv_access import kv_float_cells, kv_value, kv_vector, kv_vector16, round_f16x8
 
 # A split one-query attention (numerics.Numerics.split_cells) cuts its cells into this many chunks:
 # llama.cpp cuts one per thread, and our reference ran on two.
@@ -52,7 +52,10 @@ def attend_task(task, q, k_cache, ks, v_cache, vs, pos0, window, scale, out, spl
     for g in range(group):
         for c in range(d):
             qs[g, c] = round_f16(q[t, kh * group + g, c])
-    _attend_group(qs, k_cache, ks, v_cache, vs, kh, first, pos + 1, scale, split_kv, out[t], kh * group)
+    k_cells, k_scales, k_head = kv_float_cells(k_cache, ks, kh, first, pos + 1)
+    v_cells, v_scales, v_head = kv_float_cells(v_cache, vs, kh, first, pos + 1)
+    _attend_group(qs, k_cells, k_scales, k_head, v_cells, v_scales, v_head, first, pos + 1, scale, split_kv, out[t],
+                  kh * group)
 
 
 @njit(cache=True, inline="always")
@@ -66,8 +69,8 @@ def _line_aligned_rows(rows, n):
 
 
 @njit(cache=True)
-def _attend_group(qs, k_cache, ks, v_cache, vs, kh, first, end, scale, split_kv, out, h0):
-    """The online softmax of each query qs[g] (heads h0 + g, all of kv head kh) over keys
+def _attend_group(qs, k_cache, ks, k_head, v_cache, vs, v_head, first, end, scale, split_kv, out, h0):
+    """The online softmax of each query qs[g] (heads h0 + g, all of kv head k_head / v_head) over keys
     first..end-1, written to out[h0 + g]; with split_kv (llama.cpp's split of a long view, see
     numerics.py) over that many cells cut in one chunk per thread, each summed apart, then merged."""
     group, dv = qs.shape[0], out.shape[1]
@@ -75,7 +78,7 @@ def _attend_group(qs, k_cache, ks, v_cache, vs, kh, first, end, scale, split_kv,
     steps = np.empty((4, group, max(end - first, 1)), dtype=np.float32)
     totals = np.empty((2, group), dtype=np.float32)  # each head's (max, sum of weights)
     if not split_kv:
-        _softmax_part(qs, k_cache, ks, v_cache, vs, kh, first, end, scale, part, dv, steps, totals)
+        _softmax_part(qs, k_cache, ks, k_head, v_cache, vs, v_head, first, end, scale, part, dv, steps, totals)
         for g in range(group):
             inv = np.float32(1.0) / totals[1, g]
             for i in range(dv):
@@ -89,7 +92,7 @@ def _attend_group(qs, k_cache, ks, v_cache, vs, kh, first, end, scale, split_kv,
         lo, hi = max(first, c * chunk), min(end, (c + 1) * chunk)
         if lo >= hi:
             continue
-        _softmax_part(qs, k_cache, ks, v_cache, vs, kh, lo, hi, scale, part, dv, steps, totals)
+        _softmax_part(qs, k_cache, ks, k_head, v_cache, vs, v_head, lo, hi, scale, part, dv, steps, totals)
         for g in range(group):
             new_max = max(merged[0, g], totals[0, g])
             scale_old = np.float32(np.exp(np.float32(merged[0, g] - new_max)))
@@ -107,14 +110,14 @@ def _attend_group(qs, k_cache, ks, v_cache, vs, kh, first, end, scale, split_kv,
 
 
 @njit(cache=True, inline="always")
-def _softmax_part(qs, k_cache, ks, v_cache, vs, kh, first, end, scale, part, dv, steps, totals):
+def _softmax_part(qs, k_cache, ks, k_head, v_cache, vs, v_head, first, end, scale, part, dv, steps, totals):
     """The three passes over keys first..end-1: part[g, :dv] gets head g's unnormalised sum and
     totals[:, g] its (max, sum of weights); steps is scratch of [4, group, end - first] or more."""
     scores, maxes, weights, rescales = steps[0], steps[1], steps[2], steps[3]
-    _scores(qs, k_cache, ks, kh, first, end, scale, scores)
+    _scores(qs, k_cache, ks, k_head, first, end, scale, scores)
     for g in range(qs.shape[0]):
         totals[0, g], totals[1, g] = _softmax_steps(scores[g], maxes[g], weights[g], rescales[g], end - first)
-    _weighted_values(part, dv, v_cache, vs, kh, first, end, weights, rescales)
+    _weighted_values(part, dv, v_cache, vs, v_head, first, end, weights, rescales)
 
 
 @njit(cache=True, inline="always")
@@ -165,13 +168,13 @@ def _scores(qs, k_cache, ks, kh, first, end, scale, out):
         for g0 in range(0, group, TILE_HEADS):
             count = group - g0
             if count >= 4:
-                _scores_tile(qs, g0, 4, k_cache, ks, kh, first, end, scale, out)
+                _scores_of_4(qs, g0, k_cache, ks, kh, first, end, scale, out)
             elif count == 3:
-                _scores_tile(qs, g0, 3, k_cache, ks, kh, first, end, scale, out)
+                _scores_of_3(qs, g0, k_cache, ks, kh, first, end, scale, out)
             elif count == 2:
-                _scores_tile(qs, g0, 2, k_cache, ks, kh, first, end, scale, out)
+                _scores_of_2(qs, g0, k_cache, ks, kh, first, end, scale, out)
             else:
-                _scores_tile(qs, g0, 1, k_cache, ks, kh, first, end, scale, out)
+                _scores_of_1(qs, g0, k_cache, ks, kh, first, end, scale, out)
         return
     for g in range(group):
         for j in range(first, end):
@@ -245,6 +248,20 @@ def _scores_tile(qs, g0, count, k_cache, ks, kh, first, end, scale, out):
             out[g0 + 3, i] = lane(high, 4)
 
 
+def _scores_tile_of(count):
+    """_scores_tile for `count` heads as a function of its own: each tile compiles apart, and
+    numba's inlining of four of them into one caller took most of a cold start's minute."""
+
+    @njit(cache=True)
+    def tile(qs, g0, k_cache, ks, kh, first, end, scale, out):
+        _scores_tile(qs, g0, count, k_cache, ks, kh, first, end, scale, out)
+
+    return tile
+
+
+_scores_of_1, _scores_of_2, _scores_of_3, _scores_of_4 = (_scores_tile_of(c) for c in range(1, 5))
+
+
 # --- the values --------------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
@@ -260,16 +277,16 @@ def _weighted_values(acc, dv, v_cache, vs, kh, first, end, weights, rescales):
         for g0 in range(0, group, TILE_HEADS):
             count = group - g0
             if count >= 4:
-                _values_tile(acc, g0, 4, wide, v_cache, vs, kh, first, end, weights, rescales)
+                _values_of_4(acc, g0, wide, v_cache, vs, kh, first, end, weights, rescales)
             elif count == 3:
-                _values_tile(acc, g0, 3, wide, v_cache, vs, kh, first, end, weights, rescales)
+                _values_of_3(acc, g0, wide, v_cache, vs, kh, first, end, weights, rescales)
             elif count == 2:
-                _values_tile(acc, g0, 2, wide, v_cache, vs, kh, first, end, weights, rescales)
+                _values_of_2(acc, g0, wide, v_cache, vs, kh, first, end, weights, rescales)
             else:
-                _values_tile(acc, g0, 1, wide, v_cache, vs, kh, first, end, weights, rescales)
+                _values_of_1(acc, g0, wide, v_cache, vs, kh, first, end, weights, rescales)
     else:
         for g in range(group):
-            _values_tile(acc, g, 1, wide, v_cache, vs, kh, first, end, weights, rescales)
+            _values_of_1(acc, g, wide, v_cache, vs, kh, first, end, weights, rescales)
     if wide < dv:
         for g in range(group):
             a = acc[g, :dv]
@@ -335,6 +352,19 @@ def _values_tile(acc, g0, count, wide, v_cache, vs, kh, first, end, weights, res
             _store_four(acc[g2], c, c0, c1, c2, c3)
         if count > 3:
             _store_four(acc[g3], c, d0, d1, d2, d3)
+
+
+def _values_tile_of(count):
+    """_values_tile for `count` heads as a function of its own (as _scores_tile_of)."""
+
+    @njit(cache=True)
+    def tile(acc, g0, wide, v_cache, vs, kh, first, end, weights, rescales):
+        _values_tile(acc, g0, count, wide, v_cache, vs, kh, first, end, weights, rescales)
+
+    return tile
+
+
+_values_of_1, _values_of_2, _values_of_3, _values_of_4 = (_values_tile_of(c) for c in range(1, 5))
 
 
 @njit(cache=True, inline="always")
