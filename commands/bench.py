@@ -152,7 +152,7 @@ def _batched(paths, parallels, prompts, gens, n_batch, thread_counts, reps, warm
     """-np: llama-batched-bench's table, one row per -p × -n × -np, for each model and thread count."""
     from pathlib import Path
 
-    from llamapy.batched_bench import HEADER, batched_bench, table_row
+    from llamapy.batched_bench import HEADER, batched_sweep, table_row
 
     from ._common import set_threads
 
@@ -168,8 +168,7 @@ def _batched(paths, parallels, prompts, gens, n_batch, thread_counts, reps, warm
                   + HEADER)
             for pp in prompts:
                 for tg in gens:
-                    for n in parallels:
-                        _emit(table_row(batched_bench(m, pp, tg, n, n_batch, reps, warmup)))
+                    _emit("".join(map(table_row, batched_sweep(m, pp, tg, parallels, n_batch, reps, warmup))))
 
 
 def _sweeps(ubatch, threads_batch, types_k, types_v, flash_attn, mmap, most_threads) -> dict:

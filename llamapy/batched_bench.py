@@ -4,7 +4,8 @@ For each N: N sequences, each with its own KV cache, take a prompt of `n_prompt`
 together (the prompts of all N in the same forward passes, n_batch tokens of each sequence per
 pass), then decode `n_gen` tokens each, one token of every sequence per forward pass. S_PP is
 N·n_prompt over the prompt time, S_TG is N·n_gen over the generation time: what one model in memory
-delivers to N clients at once. Each row is the median of `reps` runs after a warm-up.
+delivers to N clients at once. Each row is the median of `reps` runs after a warm-up, the runs of
+the different N interleaved.
 """
 
 from __future__ import annotations
@@ -69,21 +70,32 @@ def run_once(model, n_prompt: int, n_gen: int, n_parallel: int, n_batch: int, rn
     return t_pp, time.perf_counter() - start
 
 
-def batched_bench(model, n_prompt: int, n_gen: int, n_parallel: int, n_batch: int = 512, reps: int = 3,
-                  warmup: bool = True, seed: int = 0) -> BatchedResult:
-    """One row of llama-batched-bench: n_parallel sequences of n_prompt + n_gen tokens each."""
-    if n_parallel < 1:
-        raise ValueError(f"-np must be at least 1, got {n_parallel}")
+def _check(n_prompt: int, n_gen: int, parallels: list[int], reps: int) -> None:
+    if min(parallels) < 1:
+        raise ValueError(f"-np must be at least 1, got {min(parallels)}")
     if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
         raise ValueError("each sequence needs prompt or generated tokens (-p, -n)")
     if reps < 1:
         raise ValueError(f"-r must be at least 1, got {reps}")
+
+
+def batched_sweep(model, n_prompt: int, n_gen: int, parallels: list[int], n_batch: int = 512, reps: int = 3,
+                  warmup: bool = True, seed: int = 0) -> list[BatchedResult]:
+    """The rows of llama-batched-bench for each N in parallels: N sequences of n_prompt + n_gen tokens.
+
+    The repetitions take the N in turn (N=1, N=4, N=1, N=4, ...) rather than all of one N first, so
+    that a slow spell of a shared machine falls on every row alike and their ratios hold."""
+    _check(n_prompt, n_gen, parallels, reps)
     rng = np.random.default_rng(seed)
     if warmup:
-        run_once(model, min(n_prompt, 8), min(n_gen, 2), n_parallel, n_batch, rng)
-    runs = [run_once(model, n_prompt, n_gen, n_parallel, n_batch, rng) for _ in range(reps)]
-    return BatchedResult(n_prompt, n_gen, n_parallel, statistics.median(r[0] for r in runs),
-                         statistics.median(r[1] for r in runs))
+        for n in parallels:
+            run_once(model, min(n_prompt, 8), min(n_gen, 2), n, n_batch, rng)
+    runs = {n: [] for n in parallels}
+    for _ in range(reps):
+        for n in parallels:
+            runs[n].append(run_once(model, n_prompt, n_gen, n, n_batch, rng))
+    return [BatchedResult(n_prompt, n_gen, n, statistics.median(r[0] for r in runs[n]),
+                          statistics.median(r[1] for r in runs[n])) for n in parallels]
 
 
 HEADER = ("|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |\n"

@@ -14,6 +14,24 @@ def test_rows_count_every_sequence():
     assert r.n_kv == 4 * 160 and r.s_pp == 256.0 and r.s_tg == 32.0 and r.s == pytest.approx(640 / 6)
 
 
+def test_repetitions_take_the_sequence_counts_in_turn(monkeypatch):
+    """A slow spell of the machine should fall on every -np row alike, not on one row's runs."""
+    from llamapy import batched_bench as bb
+
+    order = []
+
+    def fake_run(model, n_prompt, n_gen, n_parallel, n_batch, rng):
+        order.append(n_parallel)
+        return 1.0 * n_parallel, 2.0 * n_parallel
+
+    monkeypatch.setattr(bb, "run_once", fake_run)
+    rows = bb.batched_sweep(None, 8, 4, [1, 4], reps=3, warmup=False)
+    assert order == [1, 4, 1, 4, 1, 4]
+    assert [(r.n_parallel, r.t_pp, r.t_tg) for r in rows] == [(1, 1.0, 2.0), (4, 4.0, 8.0)]
+    with pytest.raises(ValueError, match="-r must be at least 1"):
+        bb.batched_sweep(None, 8, 4, [1], reps=0)
+
+
 def test_bench_np_prints_one_row_per_sequence_count():
     cmd = [sys.executable, "-m", "llamapy.commands.main", "bench", "-m", str(model_path("smollm2")), "-np", "1,2",
            "-p", "4", "-n", "2", "-r", "1", "--no-warmup", "-t", "1"]
