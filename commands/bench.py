@@ -152,7 +152,7 @@ def _batched(paths, parallels, prompts, gens, n_batch, thread_counts, reps, warm
     """-np: llama-batched-bench's table, one row per -p × -n × -np, for each model and thread count."""
     from pathlib import Path
 
-    from llamapy.batched_bench import HEADER, batched_sweep, table_row
+    from llamapy.batched_bench import HEADER, batched_sweep, check_sweep, table_row
 
     from ._common import set_threads
 
@@ -160,6 +160,9 @@ def _batched(paths, parallels, prompts, gens, n_batch, thread_counts, reps, warm
         fail("-np prints llama-batched-bench's table: only -o md")
     if min(parallels) < 1:
         fail("-np must be at least 1")
+    for pp in prompts:
+        for tg in gens:
+            check_sweep(pp, tg, parallels, reps)  # a bad -p/-n/-r fails before the table starts
     for path in dict.fromkeys(paths):
         m = open_model(path, None, *remote)
         for t in thread_counts:

@@ -70,7 +70,8 @@ def run_once(model, n_prompt: int, n_gen: int, n_parallel: int, n_batch: int, rn
     return t_pp, time.perf_counter() - start
 
 
-def _check(n_prompt: int, n_gen: int, parallels: list[int], reps: int) -> None:
+def check_sweep(n_prompt: int, n_gen: int, parallels: list[int], reps: int) -> None:
+    """ValueError for a sweep that cannot run (before anything is measured or printed)."""
     if min(parallels) < 1:
         raise ValueError(f"-np must be at least 1, got {min(parallels)}")
     if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
@@ -85,7 +86,7 @@ def batched_sweep(model, n_prompt: int, n_gen: int, parallels: list[int], n_batc
 
     The repetitions take the N in turn (N=1, N=4, N=1, N=4, ...) rather than all of one N first, so
     that a slow spell of a shared machine falls on every row alike and their ratios hold."""
-    _check(n_prompt, n_gen, parallels, reps)
+    check_sweep(n_prompt, n_gen, parallels, reps)
     rng = np.random.default_rng(seed)
     if warmup:
         for n in parallels:

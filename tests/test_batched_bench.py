@@ -42,6 +42,9 @@ def test_bench_np_prints_one_row_per_sequence_count():
     assert "S_TG t/s" in result.stdout
     bad = subprocess.run(cmd[:-9] + ["-np", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: -np must be at least 1"
+    empty = subprocess.run(cmd[:-9] + ["-p", "0", "-n", "0"], capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 1 and empty.stdout == ""
+    assert empty.stderr.strip() == "error: each sequence needs prompt or generated tokens (-p, -n)"
 
 
 def test_a_model_with_its_own_forward_runs_the_sequences_one_by_one():
