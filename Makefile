@@ -27,8 +27,9 @@ run: $(STAMP)
 chat: $(STAMP)
 	$(BIN)/llamapy chat
 
+# Two test processes, a file each at a time: a cold run is mostly numba compiling, one core per process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/llamapy bench -p 512 -n 128 -t 2 -r 5
