@@ -91,12 +91,12 @@ def batched_sweep(model, n_prompt: int, n_gen: int, parallels: list[int], n_batc
     if warmup:
         for n in parallels:
             run_once(model, min(n_prompt, 8), min(n_gen, 2), n, n_batch, rng)
-    runs = {n: [] for n in parallels}
+    runs = [[] for _ in parallels]  # by position: a count given twice (-np 4,4) is two rows, as before
     for _ in range(reps):
-        for n in parallels:
-            runs[n].append(run_once(model, n_prompt, n_gen, n, n_batch, rng))
-    return [BatchedResult(n_prompt, n_gen, n, statistics.median(r[0] for r in runs[n]),
-                          statistics.median(r[1] for r in runs[n])) for n in parallels]
+        for row, n in zip(runs, parallels, strict=True):
+            row.append(run_once(model, n_prompt, n_gen, n, n_batch, rng))
+    return [BatchedResult(n_prompt, n_gen, n, statistics.median(r[0] for r in row),
+                          statistics.median(r[1] for r in row)) for row, n in zip(runs, parallels, strict=True)]
 
 
 HEADER = ("|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |\n"

@@ -28,6 +28,11 @@ def test_repetitions_take_the_sequence_counts_in_turn(monkeypatch):
     rows = bb.batched_sweep(None, 8, 4, [1, 4], reps=3, warmup=False)
     assert order == [1, 4, 1, 4, 1, 4]
     assert [(r.n_parallel, r.t_pp, r.t_tg) for r in rows] == [(1, 1.0, 2.0), (4, 4.0, 8.0)]
+    # A count given twice is two rows, each with its own runs (calls 1 and 3, then 2 and 4).
+    calls = iter(range(1, 5))
+    monkeypatch.setattr(bb, "run_once", lambda *a: (float(next(calls)), 1.0))
+    twice = bb.batched_sweep(None, 8, 4, [4, 4], reps=2, warmup=False)
+    assert [(r.n_parallel, r.t_pp) for r in twice] == [(4, 2.0), (4, 3.0)]
     with pytest.raises(ValueError, match="-r must be at least 1"):
         bb.batched_sweep(None, 8, 4, [1], reps=0)
 
